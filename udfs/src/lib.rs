@@ -1,0 +1,38 @@
+//! tidepool's analytics functions for DataFusion: funnels, retention, paths and
+//! attribution. One module per function, each with its docs, tests and examples beside
+//! it. This crate knows nothing of storage; the engine's session factory calls
+//! [`register_all`] so that every session has every function.
+
+use datafusion::error::Result;
+use datafusion::execution::FunctionRegistry;
+use datafusion::logical_expr::{AggregateUDF, ScalarUDF, WindowUDF};
+use std::sync::Arc;
+
+/// Every scalar function of this crate.
+pub fn scalar_functions() -> Vec<Arc<ScalarUDF>> {
+    vec![]
+}
+
+/// Every aggregate function of this crate.
+pub fn aggregate_functions() -> Vec<Arc<AggregateUDF>> {
+    vec![]
+}
+
+/// Every window function of this crate.
+pub fn window_functions() -> Vec<Arc<WindowUDF>> {
+    vec![]
+}
+
+/// Register every function of this crate.
+pub fn register_all(registry: &mut dyn FunctionRegistry) -> Result<()> {
+    for f in scalar_functions() {
+        registry.register_udf(f)?;
+    }
+    for f in aggregate_functions() {
+        registry.register_udaf(f)?;
+    }
+    for f in window_functions() {
+        registry.register_udwf(f)?;
+    }
+    Ok(())
+}
