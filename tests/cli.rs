@@ -143,7 +143,7 @@ fn ndjson_and_parquet_import_with_mapping() {
         .args(["import", "--warehouse", wh, "--map", "event_time=ts", "--map", "event_name=type"])
         .args(["--map", "anonymous_id=device", "--map", "properties=props", "--map", "revenue=amount"])
         .arg(&nd));
-    let rows = query(wh, "SELECT event_name, event_time::varchar, json_get_str(properties, 'sku'), revenue FROM events ORDER BY event_time", &[]);
+    let rows = query(wh, "SELECT event_name, event_time::varchar AS t, json_get_str(properties, 'sku'), revenue FROM events ORDER BY event_time", &[]);
     assert_eq!(rows[0], vec!["view_item", "2026-01-01T10:00:00Z", "x", ""]);
     // 1767261600000 ms = 2026-01-01T10:00:00Z
     assert_eq!(rows[1], vec!["purchase", "2026-01-01T10:00:00Z", "", "12.5"]);

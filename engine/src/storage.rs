@@ -78,7 +78,7 @@ impl Location {
         } else {
             std::path::PathBuf::from(url_or_path)
         };
-        let abs = std::path::absolute(&local).map_err(|e| invalid(&e.to_string()))?;
+        let abs = normalize(&std::path::absolute(&local).map_err(|e| invalid(&e.to_string()))?);
         let prefix = Path::from_absolute_path(&abs).map_err(|e| invalid(&e.to_string()))?;
         let url = Url::from_file_path(&abs)
             .map_err(|_| invalid("cannot make a file URL of this path"))?
@@ -119,6 +119,23 @@ impl Location {
     pub fn table_url(&self) -> String {
         format!("{}{}", self.store_url.as_str(), self.prefix)
     }
+}
+
+/// Resolve `.` and `..` without touching the filesystem (object-store paths allow
+/// neither).
+fn normalize(path: &std::path::Path) -> std::path::PathBuf {
+    use std::path::Component;
+    let mut out = std::path::PathBuf::new();
+    for part in path.components() {
+        match part {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
 }
 
 fn s3_store(bucket: &str, opts: &S3Options) -> object_store::Result<Arc<dyn ObjectStore>> {
@@ -164,6 +181,8 @@ mod tests {
         assert_eq!(loc.child("events/_log").prefix.as_ref(), "tmp/wh/events/_log");
         let same = Location::parse("file:///tmp/wh/", &S3Options::default()).unwrap();
         assert_eq!(same.prefix, loc.prefix);
+        let dotted = Location::parse("/tmp/x/../wh/./", &S3Options::default()).unwrap();
+        assert_eq!(dotted.prefix, loc.prefix);
     }
 
     #[test]

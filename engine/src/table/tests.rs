@@ -160,3 +160,39 @@ async fn a_newer_manifest_format_is_refused_clearly() {
     let err = table.manifest().await.unwrap_err().to_string();
     assert!(err.contains("v99 is not one this build reads"), "{err}");
 }
+
+#[tokio::test]
+async fn time_filters_skip_files_by_their_manifest_time_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let wh = crate::Warehouse::open(dir.path().to_str().unwrap(), &S3Options::default()).unwrap();
+    wh.events()
+        .append(sample_batch(), record("b", 6), &[], &WriteOptions::default())
+        .await
+        .unwrap();
+    let options = crate::SessionOptions {
+        warehouse: Some(wh),
+        target_partitions: Some(1),
+        ..Default::default()
+    };
+    let ctx = crate::new_session(&options).await.unwrap();
+    ctx.sql("SET datafusion.optimizer.repartition_file_scans = false").await.unwrap();
+    let plan = ctx
+        .sql("EXPLAIN ANALYZE SELECT count(*) FROM events WHERE event_time >= '2026-01-02T00:00:00Z'")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let text = arrow::util::pretty::pretty_format_batches(&plan).unwrap().to_string();
+    // Two files (one per day); the first day's file is skipped from its statistics.
+    assert!(text.contains("files_ranges_pruned_statistics=2 total → 1 matched"), "{text}");
+    let rows = ctx
+        .sql("SELECT count(*) FROM events WHERE event_time >= '2026-01-02T00:00:00Z'")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let n = rows[0].column(0).as_primitive::<arrow::datatypes::Int64Type>().value(0);
+    assert_eq!(n, 2);
+}
