@@ -26,8 +26,20 @@ fn main() -> std::process::ExitCode {
     match runtime.block_on(cli::run(args)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", describe(&e));
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// An error for people: engine and DataFusion errors already say everything (their
+/// causes would repeat it); other errors get their causes appended.
+pub fn describe(e: &anyhow::Error) -> String {
+    if e.downcast_ref::<tidepool_engine::EngineError>().is_some()
+        || e.downcast_ref::<datafusion::error::DataFusionError>().is_some()
+    {
+        e.to_string()
+    } else {
+        format!("{e:#}")
     }
 }

@@ -29,7 +29,7 @@ pub async fn run(ctx: &SessionContext, format: Format) -> Result<()> {
                     let _ = editor.add_history_entry(text.trim());
                     let mut out = std::io::stdout().lock();
                     if let Err(e) = crate::cli::run_statements(ctx, &text, format, &mut out).await {
-                        eprintln!("error: {e:#}");
+                        eprintln!("error: {}", crate::describe(&e));
                     }
                 }
             }
