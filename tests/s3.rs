@@ -141,6 +141,17 @@ async fn warehouse_on_s3_generate_import_query_and_interrupted_write() {
     ok(with_s3(&mut bin(), port).args(["import", "--warehouse", wh]).args(map).arg("s3://lake/incoming/batch2.csv"));
     assert_eq!(s3_count(port, wh, "SELECT count(*) FROM events"), 5004);
 
+    // The same store reached through flags instead of AWS_* variables.
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let out = ok(bin()
+        .env_remove("AWS_ENDPOINT_URL")
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .args(["sql", "--warehouse", wh, "--format", "csv", "--s3-endpoint", &endpoint])
+        .args(["--s3-region", "us-east-1", "--s3-access-key-id", "k", "--s3-secret-access-key", "s"])
+        .arg("SELECT count(*) FROM events"));
+    assert_eq!(out.lines().nth(1), Some("5004"));
+
     // Parquet on S3 that tidepool did not write, as a read-only table.
     let pq = tempfile::NamedTempFile::new().unwrap();
     ok(bin().args(["sql", "--format", "parquet", "-o"]).arg(pq.path()).arg("SELECT 7 AS n"));
