@@ -3,6 +3,8 @@
 //! it. This crate knows nothing of storage; the engine's session factory calls
 //! [`register_all`] so that every session has every function.
 
+pub mod window_funnel;
+
 use datafusion::error::Result;
 use datafusion::execution::FunctionRegistry;
 use datafusion::logical_expr::{AggregateUDF, ScalarUDF, WindowUDF};
@@ -15,7 +17,7 @@ pub fn scalar_functions() -> Vec<Arc<ScalarUDF>> {
 
 /// Every aggregate function of this crate.
 pub fn aggregate_functions() -> Vec<Arc<AggregateUDF>> {
-    vec![]
+    vec![window_funnel::window_funnel_udaf()]
 }
 
 /// Every window function of this crate.

@@ -1,0 +1,269 @@
+//! State for `window_funnel`: the events of every group in one flat buffer.
+//!
+//! Only (row, condition) pairs that match a condition are kept (plus non-matching rows in
+//! strict_order mode, where they break chains), 32 bytes each. At the end the buffer is
+//! sorted by (group, ts, step, row) — a no-op check when the input was already sorted by
+//! person and time — and each group's run is scanned once.
+//!
+//! The partial-aggregation state is three lists per group: ts, step, row.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, Int64Array, ListArray, UInt64Array, UInt8Array,
+};
+use datafusion::arrow::buffer::OffsetBuffer;
+use datafusion::arrow::datatypes::{DataType, Field, Int64Type, UInt64Type, UInt8Type};
+use datafusion::error::Result;
+use datafusion::logical_expr::{Accumulator, EmitTo, GroupsAccumulator};
+use datafusion::scalar::ScalarValue;
+
+use super::level::{funnel_level, Event};
+use super::options::FunnelOptions;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Entry {
+    group: u32,
+    event: Event,
+}
+
+#[derive(Debug)]
+pub struct FunnelGroups {
+    options: FunnelOptions,
+    entries: Vec<Entry>,
+    /// Groups seen so far (the groups accumulator's `total_num_groups`).
+    groups: usize,
+    /// The next input row's id; rows merged from partial states get fresh ids.
+    next_row: u64,
+}
+
+fn timestamps_as_i64(ts: &ArrayRef) -> Result<Int64Array> {
+    // Timestamps of any unit are i64 counts of that unit; integers are widened.
+    Ok(datafusion::arrow::compute::cast(ts, &DataType::Int64)?.as_primitive::<Int64Type>().clone())
+}
+
+impl FunnelGroups {
+    pub fn new(options: FunnelOptions) -> Self {
+        FunnelGroups { options, entries: vec![], groups: 0, next_row: 0 }
+    }
+
+    /// The (row, condition) events of `values` = [window, mode, ts, cond1..condN]; calls
+    /// `emit(row, event)` for each, skipping rows the filter drops or with a NULL ts. A
+    /// NULL condition counts as false.
+    fn events_of(
+        &self,
+        values: &[ArrayRef],
+        filter: Option<&BooleanArray>,
+        first_row_id: u64,
+        mut emit: impl FnMut(usize, Event),
+    ) -> Result<u64> {
+        let ts = timestamps_as_i64(&values[2])?;
+        let conds: Vec<&BooleanArray> = values[3..].iter().map(|c| c.as_boolean()).collect();
+        let strict_order = self.options.mode.strict_order;
+        let mut row_id = first_row_id;
+        for row in 0..ts.len() {
+            if filter.is_some_and(|f| !f.is_valid(row) || !f.value(row)) || ts.is_null(row) {
+                continue;
+            }
+            let t = ts.value(row);
+            let mut any = false;
+            for (k, cond) in conds.iter().enumerate() {
+                if cond.is_valid(row) && cond.value(row) {
+                    emit(row, Event { ts: t, step: k as u8 + 1, row: row_id });
+                    any = true;
+                }
+            }
+            if strict_order && !any {
+                emit(row, Event { ts: t, step: 0, row: row_id });
+            }
+            row_id += 1;
+        }
+        Ok(row_id)
+    }
+
+    fn sort(&mut self) {
+        if !self.entries.is_sorted() {
+            self.entries.sort_unstable();
+        }
+    }
+
+    /// The levels of groups 0..n (entries must be sorted).
+    fn levels(&self, entries: &[Entry], n: usize) -> Vec<u8> {
+        let mut out = vec![0u8; n];
+        let mut scratch: Vec<Event> = vec![];
+        for run in entries.chunk_by(|a, b| a.group == b.group) {
+            scratch.clear();
+            scratch.extend(run.iter().map(|e| e.event));
+            out[run[0].group as usize] = funnel_level(&scratch, &self.options);
+        }
+        out
+    }
+
+    /// Remove the entries of the first `n` groups (all if `emit_to` is All) and renumber
+    /// the rest.
+    fn take(&mut self, emit_to: EmitTo) -> (Vec<Entry>, usize) {
+        self.sort();
+        match emit_to {
+            EmitTo::All => {
+                let n = self.groups;
+                self.groups = 0;
+                (std::mem::take(&mut self.entries), n)
+            }
+            EmitTo::First(n) => {
+                let split = self.entries.partition_point(|e| (e.group as usize) < n);
+                let mut rest = self.entries.split_off(split);
+                for e in rest.iter_mut() {
+                    e.group -= n as u32;
+                }
+                self.groups -= n;
+                (std::mem::replace(&mut self.entries, rest), n)
+            }
+        }
+    }
+
+    fn state_lists(entries: &[Entry], n: usize) -> Vec<ArrayRef> {
+        let mut offsets = Vec::with_capacity(n + 1);
+        offsets.push(0i32);
+        let mut at = 0usize;
+        for g in 0..n {
+            while at < entries.len() && entries[at].group as usize == g {
+                at += 1;
+            }
+            offsets.push(at as i32);
+        }
+        let ts = Int64Array::from_iter_values(entries.iter().map(|e| e.event.ts));
+        let step = UInt8Array::from_iter_values(entries.iter().map(|e| e.event.step));
+        let row = UInt64Array::from_iter_values(entries.iter().map(|e| e.event.row));
+        let offsets = OffsetBuffer::new(offsets.into());
+        let list = |values: ArrayRef| -> ArrayRef {
+            let field = Arc::new(Field::new_list_field(values.data_type().clone(), false));
+            Arc::new(ListArray::new(field, offsets.clone(), values, None))
+        };
+        vec![list(Arc::new(ts)), list(Arc::new(step)), list(Arc::new(row))]
+    }
+
+    fn group_id(g: usize) -> u32 {
+        u32::try_from(g).expect("window_funnel supports up to 2^32 groups")
+    }
+}
+
+impl GroupsAccumulator for FunnelGroups {
+    fn update_batch(
+        &mut self,
+        values: &[ArrayRef],
+        group_indices: &[usize],
+        opt_filter: Option<&BooleanArray>,
+        total_num_groups: usize,
+    ) -> Result<()> {
+        self.groups = self.groups.max(total_num_groups);
+        let mut entries = std::mem::take(&mut self.entries);
+        self.next_row = self.events_of(values, opt_filter, self.next_row, |row, event| {
+            entries.push(Entry { group: Self::group_id(group_indices[row]), event })
+        })?;
+        self.entries = entries;
+        Ok(())
+    }
+
+    fn evaluate(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
+        let (entries, n) = self.take(emit_to);
+        Ok(Arc::new(UInt8Array::from(self.levels(&entries, n))))
+    }
+
+    fn state(&mut self, emit_to: EmitTo) -> Result<Vec<ArrayRef>> {
+        let (entries, n) = self.take(emit_to);
+        Ok(Self::state_lists(&entries, n))
+    }
+
+    fn merge_batch(
+        &mut self,
+        values: &[ArrayRef],
+        group_indices: &[usize],
+        total_num_groups: usize,
+    ) -> Result<()> {
+        self.groups = self.groups.max(total_num_groups);
+        let ts = values[0].as_list::<i32>();
+        let step = values[1].as_list::<i32>();
+        let row = values[2].as_list::<i32>();
+        let ts_values = ts.values().as_primitive::<Int64Type>();
+        let step_values = step.values().as_primitive::<UInt8Type>();
+        let row_values = row.values().as_primitive::<UInt64Type>();
+        for (i, &g) in group_indices.iter().enumerate() {
+            if ts.is_null(i) {
+                continue;
+            }
+            // Rows of another partial state get ids of their own, after ours.
+            let base = self.next_row;
+            let range = ts.value_offsets()[i] as usize..ts.value_offsets()[i + 1] as usize;
+            for j in range {
+                let event = Event {
+                    ts: ts_values.value(j),
+                    step: step_values.value(j),
+                    row: base + row_values.value(j),
+                };
+                self.next_row = self.next_row.max(event.row + 1);
+                self.entries.push(Entry { group: Self::group_id(g), event });
+            }
+        }
+        Ok(())
+    }
+
+    fn convert_to_state(
+        &self,
+        values: &[ArrayRef],
+        opt_filter: Option<&BooleanArray>,
+    ) -> Result<Vec<ArrayRef>> {
+        // Each input row becomes its own group's state.
+        let rows = values[2].len();
+        let mut entries = vec![];
+        self.events_of(values, opt_filter, 0, |row, event| {
+            entries.push(Entry { group: Self::group_id(row), event })
+        })?;
+        Ok(Self::state_lists(&entries, rows))
+    }
+
+    fn size(&self) -> usize {
+        self.entries.capacity() * std::mem::size_of::<Entry>() + std::mem::size_of::<Self>()
+    }
+}
+
+/// The same state for a single group (an aggregate without GROUP BY, or a window).
+#[derive(Debug)]
+pub struct FunnelAccumulator {
+    groups: FunnelGroups,
+}
+
+impl FunnelAccumulator {
+    pub fn new(groups: FunnelGroups) -> Self {
+        FunnelAccumulator { groups }
+    }
+}
+
+impl Accumulator for FunnelAccumulator {
+    fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
+        let zeros = vec![0usize; values[2].len()];
+        self.groups.update_batch(values, &zeros, None, 1)
+    }
+
+    fn evaluate(&mut self) -> Result<ScalarValue> {
+        self.groups.sort();
+        let level = self.groups.levels(&self.groups.entries, 1)[0];
+        Ok(ScalarValue::UInt8(Some(level)))
+    }
+
+    fn state(&mut self) -> Result<Vec<ScalarValue>> {
+        self.groups.sort();
+        FunnelGroups::state_lists(&self.groups.entries, 1)
+            .iter()
+            .map(|a| ScalarValue::try_from_array(a, 0))
+            .collect()
+    }
+
+    fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
+        let zeros = vec![0usize; states[0].len()];
+        self.groups.merge_batch(states, &zeros, 1)
+    }
+
+    fn size(&self) -> usize {
+        self.groups.size()
+    }
+}
