@@ -2,6 +2,9 @@
 //! holding `tests/fixtures/events_small.csv` (16 hand-written events; see the comments in
 //! the .slt files for the hand-worked answers).
 //!
+//! It also runs the `slt` blocks of every page in `docs/functions/`, so that the examples
+//! in the docs are tested.
+//!
 //! `cargo test --test sqllogictest -- NAME` runs only files whose name contains NAME.
 
 use std::path::{Path, PathBuf};
@@ -85,6 +88,35 @@ async fn fixture_session(dir: &Path) -> SessionContext {
     new_session(&options).await.unwrap()
 }
 
+/// The `slt` fenced blocks of a markdown page, joined into one script.
+fn doc_script(page: &Path) -> String {
+    let text = std::fs::read_to_string(page).unwrap();
+    let mut script = String::new();
+    let mut inside = false;
+    for line in text.lines() {
+        if line.trim() == "```slt" {
+            inside = true;
+        } else if inside && line.trim() == "```" {
+            inside = false;
+            script.push('\n');
+        } else if inside {
+            script.push_str(line);
+            script.push('\n');
+        }
+    }
+    script
+}
+
+fn doc_pages() -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/functions");
+    let mut pages: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map(|d| d.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    pages.retain(|p| p.extension().is_some_and(|e| e == "md"));
+    pages.sort();
+    pages
+}
+
 fn slt_files() -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/slt");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
@@ -101,7 +133,8 @@ async fn main() {
     let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     let mut failed = 0;
     let mut passed = 0;
-    for file in slt_files() {
+    let scripts = slt_files().into_iter().map(|f| (f, false)).chain(doc_pages().into_iter().map(|p| (p, true)));
+    for (file, is_doc) in scripts {
         let name = file.file_name().unwrap().to_string_lossy().to_string();
         if filter.as_ref().is_some_and(|f| !name.contains(f.as_str())) {
             continue;
@@ -112,7 +145,16 @@ async fn main() {
             let db = db.clone();
             async move { Ok::<_, DataFusionError>(db) }
         });
-        match runner.run_file_async(&file).await {
+        let result = if is_doc {
+            let script = doc_script(&file);
+            if script.trim().is_empty() {
+                continue;
+            }
+            runner.run_script_async(&script).await
+        } else {
+            runner.run_file_async(&file).await
+        };
+        match result {
             Ok(()) => {
                 passed += 1;
                 println!("slt {name} ... ok");
