@@ -3,6 +3,7 @@
 //! it. This crate knows nothing of storage; the engine's session factory calls
 //! [`register_all`] so that every session has every function.
 
+pub mod funnel;
 pub mod window_funnel;
 
 use datafusion::error::Result;
@@ -17,7 +18,7 @@ pub fn scalar_functions() -> Vec<Arc<ScalarUDF>> {
 
 /// Every aggregate function of this crate.
 pub fn aggregate_functions() -> Vec<Arc<AggregateUDF>> {
-    vec![window_funnel::window_funnel_udaf()]
+    vec![window_funnel::window_funnel_udaf(), funnel::funnel_udaf()]
 }
 
 /// Every window function of this crate.

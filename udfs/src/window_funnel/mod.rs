@@ -11,7 +11,7 @@
 
 mod accumulator;
 mod level;
-mod options;
+pub(crate) mod options;
 #[cfg(test)]
 mod tests;
 
