@@ -125,6 +125,10 @@ pub struct SqlArgs {
     /// NAME=URL. Repeatable.
     #[arg(long = "table", value_name = "NAME=URL")]
     pub tables: Vec<String>,
+    /// Print each statement's time (planning, running and collecting the result) and row
+    /// count to standard error.
+    #[arg(long)]
+    pub timing: bool,
 }
 
 #[derive(Debug, Args)]
@@ -245,7 +249,7 @@ async fn sql(g: &Global, args: &SqlArgs) -> Result<()> {
         (None, Some(f)) => std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?,
         (None, None) if std::io::stdin().is_terminal() => {
             drop(out);
-            return crate::repl::run(&ctx, args.format).await;
+            return crate::repl::run(&ctx, args.format, args.timing).await;
         }
         (None, None) => {
             let mut s = String::new();
@@ -253,7 +257,7 @@ async fn sql(g: &Global, args: &SqlArgs) -> Result<()> {
             s
         }
     };
-    run_statements(&ctx, &text, args.format, &mut out).await?;
+    run_statements(&ctx, &text, args.format, args.timing, &mut out).await?;
     out.flush()?;
     Ok(())
 }
@@ -263,6 +267,7 @@ pub async fn run_statements(
     ctx: &SessionContext,
     text: &str,
     format: Format,
+    timing: bool,
     out: &mut dyn Write,
 ) -> Result<()> {
     let statements = DFParser::parse_sql(text)?;
@@ -270,9 +275,14 @@ pub async fn run_statements(
         bail!("no SQL statement given");
     }
     for statement in statements {
+        let started = std::time::Instant::now();
         let plan = ctx.state().statement_to_plan(statement).await?;
         let df = ctx.execute_logical_plan(plan).await?;
         let batches = df.collect().await?;
+        if timing {
+            let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+            eprintln!("-- {:.3} s, {rows} rows", started.elapsed().as_secs_f64());
+        }
         write_batches(format, &batches, out)?;
     }
     Ok(())

@@ -6,7 +6,7 @@ use rustyline::error::ReadlineError;
 
 use crate::output::Format;
 
-pub async fn run(ctx: &SessionContext, format: Format) -> Result<()> {
+pub async fn run(ctx: &SessionContext, format: Format, timing: bool) -> Result<()> {
     let mut editor = rustyline::DefaultEditor::new()?;
     let history = std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".tidepool_history"));
     if let Some(h) = &history {
@@ -28,7 +28,7 @@ pub async fn run(ctx: &SessionContext, format: Format) -> Result<()> {
                     let text = std::mem::take(&mut buffer);
                     let _ = editor.add_history_entry(text.trim());
                     let mut out = std::io::stdout().lock();
-                    if let Err(e) = crate::cli::run_statements(ctx, &text, format, &mut out).await {
+                    if let Err(e) = crate::cli::run_statements(ctx, &text, format, timing, &mut out).await {
                         eprintln!("error: {}", crate::describe(&e));
                     }
                 }

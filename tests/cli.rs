@@ -227,6 +227,24 @@ fn statements_from_a_file_and_from_standard_input() {
 }
 
 #[test]
+fn timing_goes_to_standard_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let wh = dir.path().join("wh");
+    let out = bin()
+        .args(["sql", "--timing", "--format", "csv", "--warehouse", wh.to_str().unwrap()])
+        .arg("SELECT a FROM (VALUES (1), (2)) AS t(a); SELECT 3 AS b")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), "a\n1\n2\nb\n3\n");
+    let err = String::from_utf8(out.stderr).unwrap();
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 2, "{err}");
+    assert!(lines[0].starts_with("-- ") && lines[0].ends_with(" s, 2 rows"), "{err}");
+    assert!(lines[1].ends_with(" s, 1 rows"), "{err}");
+}
+
+#[test]
 fn user_errors_are_clear_messages() {
     let dir = tempfile::tempdir().unwrap();
     let wh = dir.path().join("wh");

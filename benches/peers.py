@@ -1,0 +1,268 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmark: tidepool vs ClickHouse (chDB) vs DuckDB on the same Parquet.
+
+    benches/run [--sizes 10m,40m] [--runs 5] [--workloads scan,window_funnel]
+
+For each dataset size it generates the events with `tidepool gen`, writes them as two
+single Parquet files with DuckDB — one sorted by time, one by person then time — and runs
+every workload on every engine over the same file. Each engine runs in a process of its
+own (one warm-up, then --runs timed runs inside that process), so that its peak memory
+(max RSS) is its own. The report goes to benches/results/<workload>.md.
+
+Numbers on this machine are noisy: compare ratios measured in one run, not absolute
+times across runs.
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PERSON = "coalesce(user_id, anonymous_id)"
+STEPS = ["view_item", "add_to_cart", "begin_checkout", "purchase"]
+
+# (people, events, days) per size name.
+SIZES = {
+    "1m": (50_000, 1_000_000, 30),
+    "10m": (500_000, 10_000_000, 30),
+    "40m": (2_000_000, 40_000_000, 30),
+}
+
+
+def tidepool_sql(workload):
+    conds = ", ".join(f"event_name = '{s}'" for s in STEPS)
+    if workload == "scan":
+        return f"SELECT count(*) AS people, sum(n) AS events FROM (SELECT {PERSON} AS p, count(*) AS n FROM ev GROUP BY 1)"
+    if workload == "window_funnel":
+        return (
+            "SELECT level, count(*) AS people FROM ("
+            f"SELECT window_funnel(INTERVAL '1 day', '', event_time, {conds}) AS level "
+            f"FROM ev GROUP BY {PERSON}) GROUP BY level ORDER BY level"
+        )
+    raise ValueError(workload)
+
+
+def clickhouse_sql(workload, path):
+    source = f"file('{path}', Parquet)"
+    conds = ", ".join(f"event_name = '{s}'" for s in STEPS)
+    if workload == "scan":
+        return f"SELECT count() AS people, sum(n) AS events FROM (SELECT {PERSON} AS p, count() AS n FROM {source} GROUP BY p)"
+    if workload == "window_funnel":
+        # Microseconds as UInt64 keep the exact times (DateTime would truncate to seconds).
+        return (
+            "SELECT level, count() AS people FROM ("
+            f"SELECT windowFunnel(86400000000)(toUInt64(toUnixTimestamp64Micro(event_time)), {conds}) AS level "
+            f"FROM {source} GROUP BY {PERSON}) GROUP BY level ORDER BY level"
+        )
+    raise ValueError(workload)
+
+
+def duckdb_sql(workload, path):
+    source = f"read_parquet('{path}')"
+    if workload == "scan":
+        return f"SELECT count(*) AS people, sum(n) AS events FROM (SELECT {PERSON} AS p, count(*) AS n FROM {source} GROUP BY 1)"
+    if workload == "window_funnel":
+        # The usual hand-written funnel: from each person's first view, the first of each
+        # next step after the previous one and within a day of the view. Not the same
+        # semantics as windowFunnel (which restarts at later views), so levels differ.
+        names = ", ".join(f"'{s}'" for s in STEPS)
+        return f"""
+WITH e AS (SELECT {PERSON} AS p, event_time AS t, event_name AS n FROM {source} WHERE event_name IN ({names})),
+v AS (SELECT p, min(t) AS t1 FROM e WHERE n = 'view_item' GROUP BY p),
+c AS (SELECT v.p, v.t1, min(e.t) AS t2 FROM v JOIN e ON e.p = v.p AND e.n = 'add_to_cart'
+      AND e.t >= v.t1 AND e.t <= v.t1 + INTERVAL 1 DAY GROUP BY ALL),
+k AS (SELECT c.p, c.t1, min(e.t) AS t3 FROM c JOIN e ON e.p = c.p AND e.n = 'begin_checkout'
+      AND e.t >= c.t2 AND e.t <= c.t1 + INTERVAL 1 DAY GROUP BY ALL),
+b AS (SELECT DISTINCT k.p FROM k JOIN e ON e.p = k.p AND e.n = 'purchase'
+      AND e.t >= k.t3 AND e.t <= k.t1 + INTERVAL 1 DAY),
+people AS (SELECT DISTINCT {PERSON} AS p FROM {source})
+SELECT CASE WHEN b.p IS NOT NULL THEN 4 WHEN k.p IS NOT NULL THEN 3 WHEN c.p IS NOT NULL THEN 2
+            WHEN v.p IS NOT NULL THEN 1 ELSE 0 END AS level, count(*) AS people
+FROM people LEFT JOIN v USING (p) LEFT JOIN c USING (p) LEFT JOIN k USING (p) LEFT JOIN b USING (p)
+GROUP BY 1 ORDER BY 1"""
+    raise ValueError(workload)
+
+
+# ---------------------------------------------------------------------------------------
+# Engine runners: each runs in its own process and prints one JSON line.
+
+
+def run_chdb(sql, runs):
+    import chdb
+
+    times, out = [], None
+    for i in range(runs + 1):
+        start = time.perf_counter()
+        out = chdb.query(sql, "CSV").data()
+        if i > 0:
+            times.append(time.perf_counter() - start)
+    return times, out
+
+
+def run_duckdb(sql, runs):
+    import duckdb
+
+    con = duckdb.connect()
+    times, rows = [], None
+    for i in range(runs + 1):
+        start = time.perf_counter()
+        rows = con.execute(sql).fetchall()
+        if i > 0:
+            times.append(time.perf_counter() - start)
+    return times, "\n".join(",".join(str(v) for v in r) for r in rows)
+
+
+def child_main(args):
+    sql = Path(args.sql_file).read_text()
+    runner = {"chdb": run_chdb, "duckdb": run_duckdb}[args.child]
+    times, out = runner(sql, args.runs)
+    print(json.dumps({"times": times, "answer": normalise(out)}))
+
+
+def normalise(text):
+    rows = []
+    for line in text.strip().splitlines():
+        cells = [c.strip().strip('"') for c in line.split(",")]
+        rows.append(",".join(str(int(float(c))) if c.replace(".", "", 1).isdigit() else c for c in cells))
+    return "\n".join(rows)
+
+
+def measured(cmd):
+    """Run cmd; returns (exit code, stdout, stderr, peak RSS of that process in MiB)."""
+    import tempfile
+
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        return proc.returncode, out.read(), err.read(), usage.ru_maxrss / 1024
+
+
+def run_engine(engine, workload, path, runs, tidepool, work):
+    sql_file = work / f"{engine}-{workload}.sql"
+    if engine == "tidepool":
+        query = tidepool_sql(workload)
+        sql_file.write_text(";\n".join([query] * (runs + 1)) + ";\n")
+        cmd = [tidepool, "sql", "--timing", "--format", "csv",
+               "--table", f"ev={path}", "-f", str(sql_file)]
+    else:
+        query = clickhouse_sql(workload, path) if engine == "chdb" else duckdb_sql(workload, path)
+        sql_file.write_text(query)
+        cmd = [sys.executable, __file__, "--child", engine,
+               "--sql-file", str(sql_file), "--runs", str(runs)]
+    code, stdout, stderr, rss_mib = measured(cmd)
+    if code != 0:
+        raise RuntimeError(f"{engine} {workload} failed:\n{stderr[-3000:]}")
+    if engine == "tidepool":
+        times = [float(l.split()[1]) for l in stderr.splitlines() if l.startswith("-- ")][1:]
+        # The output holds runs+1 results, each with its header line.
+        lines = stdout.strip().splitlines()
+        per = len(lines) // (runs + 1)
+        answer = normalise("\n".join(lines[-per + 1:]))
+    else:
+        result = json.loads(stdout.strip().splitlines()[-1])
+        times, answer = result["times"], result["answer"]
+    return {"median": statistics.median(times), "times": times, "rss_mib": rss_mib, "answer": answer}
+
+
+def prepare(size, tidepool, work):
+    people, events, days = SIZES[size]
+    wh = work / f"wh-{size}"
+    files = {"time": work / f"events-{size}-by-time.parquet", "person": work / f"events-{size}-by-person.parquet"}
+    if all(f.exists() for f in files.values()):
+        return files
+    if not (wh / "events").exists():
+        subprocess.run([tidepool, "gen", "--out", str(wh), "--events", str(events), "--users", str(people),
+                        "--days", str(days), "--seed", "42"], check=True)
+    import duckdb
+
+    con = duckdb.connect()
+    con.execute("SET preserve_insertion_order = true")
+    glob = str(wh / "events" / "data" / "*" / "*.parquet")
+    order = {"time": "event_time", "person": f"{PERSON}, event_time"}
+    for layout, path in files.items():
+        con.execute(
+            f"COPY (SELECT * FROM read_parquet('{glob}') ORDER BY {order[layout]}) TO '{path}' "
+            "(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 131072)"
+        )
+    return files
+
+
+def report(workload, results, runs, cmdline):
+    lines = [
+        f"# {workload}: tidepool vs ClickHouse (chDB) vs DuckDB",
+        "",
+        f"Made by `{cmdline}` on {time.strftime('%Y-%m-%d')}: {platform.machine()}, "
+        f"{os.cpu_count()} cores, {round(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30)} GiB, "
+        f"{platform.system()} {platform.release()}. Median of {runs} runs after a warm-up, each engine in "
+        "its own process; peak memory is that process's max RSS. Ratios compare engines within one "
+        "run; the machine is shared, so absolute times vary between runs.",
+        "",
+        "| data | layout | tidepool s | chDB s | DuckDB s | tidepool/chDB | tidepool/DuckDB | tidepool MiB | chDB MiB | DuckDB MiB | answers |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (size, layout), r in results.items():
+        t, c, d = r["tidepool"], r["chdb"], r["duckdb"]
+        agree = "tidepool = chDB" if t["answer"] == c["answer"] else "**tidepool ≠ chDB**"
+        if d["answer"] == t["answer"]:
+            agree += ", = DuckDB"
+        lines.append(
+            f"| {size} | {layout} | {t['median']:.3f} | {c['median']:.3f} | {d['median']:.3f} | "
+            f"{t['median'] / c['median']:.2f} | {t['median'] / d['median']:.2f} | "
+            f"{t['rss_mib']:.0f} | {c['rss_mib']:.0f} | {d['rss_mib']:.0f} | {agree} |"
+        )
+    first = next(iter(results.values()))
+    lines += ["", "Answers (tidepool, first dataset):", "", "```", first["tidepool"]["answer"], "```"]
+    if first["duckdb"]["answer"] != first["tidepool"]["answer"]:
+        lines += ["", "DuckDB (plain SQL from each person's first view; not windowFunnel's semantics):", "",
+                  "```", first["duckdb"]["answer"], "```"]
+    lines += ["", "Queries:", ""]
+    for engine, sql in [("tidepool", tidepool_sql(workload)), ("chDB", clickhouse_sql(workload, "PATH")),
+                        ("DuckDB", duckdb_sql(workload, "PATH"))]:
+        lines += [f"{engine}:", "", "```sql", sql.strip(), "```", ""]
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="10m,40m")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--workloads", default="scan,window_funnel")
+    parser.add_argument("--work", default=str(Path.home() / ".cache" / "tidepool" / "bench"))
+    parser.add_argument("--tidepool", default=str(Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target")) / "release" / "tidepool"))
+    parser.add_argument("--child")
+    parser.add_argument("--sql-file")
+    args = parser.parse_args()
+    if args.child:
+        return child_main(args)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    (REPO / "benches" / "results").mkdir(exist_ok=True)
+    cmdline = "benches/run " + " ".join(sys.argv[1:])
+    datasets = {size: prepare(size, args.tidepool, work) for size in args.sizes.split(",")}
+    for workload in args.workloads.split(","):
+        results = {}
+        for size, files in datasets.items():
+            for layout, path in files.items():
+                results[(size, layout)] = {
+                    engine: run_engine(engine, workload, path, args.runs, args.tidepool, work)
+                    for engine in ["tidepool", "chdb", "duckdb"]
+                }
+                r = results[(size, layout)]
+                print(f"{workload} {size} {layout}: " + ", ".join(
+                    f"{e} {v['median']:.3f}s {v['rss_mib']:.0f}MiB" for e, v in r.items()), flush=True)
+        out = REPO / "benches" / "results" / f"{workload}.md"
+        out.write_text(report(workload, results, args.runs, cmdline) + "\n")
+        print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
