@@ -48,8 +48,8 @@ impl FunnelGroups {
     }
 
     /// The (row, condition) events of `values` = [window, mode, ts, cond1..condN]; calls
-    /// `emit(row, event)` for each, skipping rows the filter drops or with a NULL ts. A
-    /// NULL condition counts as false.
+    /// `emit(row, event)` for each, skipping rows the filter drops or with a NULL ts.
+    /// Returns the next free row id.
     fn events_of(
         &self,
         values: &[ArrayRef],
@@ -58,33 +58,85 @@ impl FunnelGroups {
         mut emit: impl FnMut(usize, Event),
     ) -> Result<u64> {
         let ts = timestamps_as_i64(&values[2])?;
-        let conds: Vec<&BooleanArray> = values[3..].iter().map(|c| c.as_boolean()).collect();
+        // NULL conditions count as false.
+        let conds: Vec<BooleanArray> = values[3..]
+            .iter()
+            .map(|c| {
+                let c = c.as_boolean();
+                if c.null_count() == 0 {
+                    c.clone()
+                } else {
+                    datafusion::arrow::compute::prep_null_mask_filter(c)
+                }
+            })
+            .collect();
         let strict_order = self.options.mode.strict_order;
+        let usable = |row: usize| {
+            filter.is_none_or(|f| f.is_valid(row) && f.value(row)) && ts.is_valid(row)
+        };
         let mut row_id = first_row_id;
-        for row in 0..ts.len() {
-            if filter.is_some_and(|f| !f.is_valid(row) || !f.value(row)) || ts.is_null(row) {
-                continue;
+        if strict_order {
+            // Every row matters: a row matching no step breaks the chain.
+            for row in (0..ts.len()).filter(|r| usable(*r)) {
+                let t = ts.value(row);
+                let mut any = false;
+                for (k, cond) in conds.iter().enumerate() {
+                    if cond.value(row) {
+                        emit(row, Event { ts: t, step: k as u8 + 1, row: row_id });
+                        any = true;
+                    }
+                }
+                if !any {
+                    emit(row, Event { ts: t, step: 0, row: row_id });
+                }
+                row_id += 1;
             }
+            return Ok(row_id);
+        }
+        // Only rows matching some step matter: visit just those.
+        let mut matching = conds[0].values().clone();
+        for c in &conds[1..] {
+            matching = &matching | c.values();
+        }
+        for row in matching.set_indices().filter(|r| usable(*r)) {
             let t = ts.value(row);
-            let mut any = false;
             for (k, cond) in conds.iter().enumerate() {
-                if cond.is_valid(row) && cond.value(row) {
-                    emit(row, Event { ts: t, step: k as u8 + 1, row: row_id });
-                    any = true;
+                if cond.value(row) {
+                    emit(row, Event { ts: t, step: k as u8 + 1, row: row_id + row as u64 });
                 }
             }
-            if strict_order && !any {
-                emit(row, Event { ts: t, step: 0, row: row_id });
-            }
-            row_id += 1;
         }
+        row_id += ts.len() as u64;
         Ok(row_id)
     }
 
+    /// Sort by (group, ts, step, row): a stable counting sort by group, then each
+    /// group's run on its own, which is usually sorted already (rows arrive in time order
+    /// within a person in both time-ordered and person-sorted data).
     fn sort(&mut self) {
-        if !self.entries.is_sorted() {
-            self.entries.sort_unstable();
+        if self.entries.is_sorted() {
+            return;
         }
+        let mut starts = vec![0usize; self.groups + 1];
+        for e in &self.entries {
+            starts[e.group as usize + 1] += 1;
+        }
+        for g in 0..self.groups {
+            starts[g + 1] += starts[g];
+        }
+        let mut sorted = vec![self.entries[0]; self.entries.len()];
+        let mut next = starts.clone();
+        for e in &self.entries {
+            sorted[next[e.group as usize]] = *e;
+            next[e.group as usize] += 1;
+        }
+        for g in 0..self.groups {
+            let run = &mut sorted[starts[g]..starts[g + 1]];
+            if !run.is_sorted() {
+                run.sort_unstable();
+            }
+        }
+        self.entries = sorted;
     }
 
     /// The levels of groups 0..n (entries must be sorted).
