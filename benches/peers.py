@@ -186,6 +186,7 @@ def prepare(size, tidepool, work):
 
     con = duckdb.connect()
     con.execute("SET preserve_insertion_order = true")
+    con.execute("SET enable_progress_bar = false")
     glob = str(wh / "events" / "data" / "*" / "*.parquet")
     order = {"time": "event_time", "person": f"{PERSON}, event_time"}
     for layout, path in files.items():

@@ -4,6 +4,7 @@
 //! [`register_all`] so that every session has every function.
 
 pub mod funnel;
+mod group_sort;
 pub mod window_funnel;
 
 use datafusion::error::Result;

@@ -24,12 +24,6 @@ struct Entry {
     event: FunnelEvent,
 }
 
-impl Entry {
-    fn key(&self) -> (u32, i64, i64, u64) {
-        (self.group, self.event.ts, self.event.tiebreak, self.event.row)
-    }
-}
-
 #[derive(Debug)]
 pub struct FunnelGroups {
     options: FunnelOptions,
@@ -124,9 +118,9 @@ impl FunnelGroups {
     }
 
     fn sort(&mut self) {
-        if !self.entries.is_sorted_by_key(Entry::key) {
-            self.entries.sort_unstable_by_key(Entry::key);
-        }
+        crate::group_sort::sort_by_group(&mut self.entries, self.groups, |e| e.group, |e| {
+            (e.event.ts, e.event.tiebreak, e.event.row)
+        });
     }
 
     fn take(&mut self, emit_to: EmitTo) -> (Vec<Entry>, usize) {

@@ -110,33 +110,8 @@ impl FunnelGroups {
         Ok(row_id)
     }
 
-    /// Sort by (group, ts, step, row): a stable counting sort by group, then each
-    /// group's run on its own, which is usually sorted already (rows arrive in time order
-    /// within a person in both time-ordered and person-sorted data).
     fn sort(&mut self) {
-        if self.entries.is_sorted() {
-            return;
-        }
-        let mut starts = vec![0usize; self.groups + 1];
-        for e in &self.entries {
-            starts[e.group as usize + 1] += 1;
-        }
-        for g in 0..self.groups {
-            starts[g + 1] += starts[g];
-        }
-        let mut sorted = vec![self.entries[0]; self.entries.len()];
-        let mut next = starts.clone();
-        for e in &self.entries {
-            sorted[next[e.group as usize]] = *e;
-            next[e.group as usize] += 1;
-        }
-        for g in 0..self.groups {
-            let run = &mut sorted[starts[g]..starts[g + 1]];
-            if !run.is_sorted() {
-                run.sort_unstable();
-            }
-        }
-        self.entries = sorted;
+        crate::group_sort::sort_by_group(&mut self.entries, self.groups, |e| e.group, |e| e.event);
     }
 
     /// The levels of groups 0..n (entries must be sorted).
