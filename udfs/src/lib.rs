@@ -3,8 +3,9 @@
 //! it. This crate knows nothing of storage; the engine's session factory calls
 //! [`register_all`] so that every session has every function.
 
+mod args;
 pub mod funnel;
-mod group_sort;
+mod grouped;
 pub mod window_funnel;
 
 use datafusion::error::Result;

@@ -11,17 +11,17 @@ use datafusion::arrow::array::{
 use datafusion::arrow::buffer::{NullBuffer, OffsetBuffer};
 use datafusion::arrow::datatypes::{DataType, Field, Fields, Int64Type, UInt64Type};
 use datafusion::error::Result;
-use datafusion::logical_expr::{Accumulator, EmitTo, GroupsAccumulator};
+use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
 use datafusion::scalar::ScalarValue;
 
 use super::chain::{find_chain, FunnelEvent};
 use super::options::FunnelOptions;
+use crate::grouped::{list_offsets, runs, EvaluateInPlace, GroupedEvents};
 use super::{ARG_BREAKDOWN, ARG_CONDS, ARG_HOLD, ARG_TIEBREAK, ARG_TS};
 
-#[derive(Debug, Clone, Copy)]
-struct Entry {
-    group: u32,
-    event: FunnelEvent,
+/// Events sort by (ts, tiebreak, row).
+fn order(e: &FunnelEvent) -> (i64, i64, u64) {
+    (e.ts, e.tiebreak, e.row)
 }
 
 #[derive(Debug)]
@@ -30,10 +30,9 @@ pub struct FunnelGroups {
     /// The type of `ts`, which entry_time and step_times keep.
     time_type: DataType,
     result_fields: Fields,
-    entries: Vec<Entry>,
+    events: GroupedEvents<FunnelEvent>,
     strings: Vec<String>,
     string_ids: HashMap<String, u32>,
-    groups: usize,
     next_row: u64,
 }
 
@@ -51,10 +50,9 @@ impl FunnelGroups {
             options,
             time_type,
             result_fields,
-            entries: vec![],
+            events: GroupedEvents::default(),
             strings: vec![],
             string_ids: HashMap::new(),
-            groups: 0,
             next_row: 0,
         }
     }
@@ -112,35 +110,12 @@ impl FunnelGroups {
                 hold: hold_id,
                 breakdown: breakdown_id,
             };
-            self.entries.push(Entry { group: group_id(group_of(row)), event });
+            self.events.push(group_of(row), event);
         }
         Ok(())
     }
 
-    fn sort(&mut self) {
-        crate::group_sort::sort_by_group(&mut self.entries, self.groups, |e| e.group, |e| {
-            (e.event.ts, e.event.tiebreak, e.event.row)
-        });
-    }
-
-    fn take(&mut self, emit_to: EmitTo) -> (Vec<Entry>, usize) {
-        self.sort();
-        match emit_to {
-            EmitTo::All => {
-                let n = std::mem::take(&mut self.groups);
-                (std::mem::take(&mut self.entries), n)
-            }
-            EmitTo::First(n) => {
-                let split = self.entries.partition_point(|e| (e.group as usize) < n);
-                let mut rest = self.entries.split_off(split);
-                rest.iter_mut().for_each(|e| e.group -= n as u32);
-                self.groups -= n;
-                (std::mem::replace(&mut self.entries, rest), n)
-            }
-        }
-    }
-
-    fn results(&self, entries: &[Entry], n: usize) -> Result<ArrayRef> {
+    fn results(&self, entries: &[(u32, FunnelEvent)], n: usize) -> Result<ArrayRef> {
         let steps = self.options.steps;
         let mut level = UInt8Builder::with_capacity(n);
         let mut entry_time = PrimitiveBuilder::<Int64Type>::with_capacity(n);
@@ -148,14 +123,9 @@ impl FunnelGroups {
         let mut excluded = BooleanBuilder::with_capacity(n);
         let mut breakdown = StringBuilder::with_capacity(n, n * 8);
         let mut events: Vec<FunnelEvent> = vec![];
-        let mut runs = entries.chunk_by(|a, b| a.group == b.group).peekable();
-        for g in 0..n {
-            let run = match runs.peek() {
-                Some(r) if r[0].group as usize == g => runs.next().expect("peeked"),
-                _ => &[][..],
-            };
+        for run in runs(entries, n) {
             events.clear();
-            events.extend(run.iter().map(|e| e.event));
+            events.extend(run.iter().map(|e| e.1));
             match find_chain(&events, &self.options) {
                 Some(chain) => {
                     level.append_value(chain.level() as u8);
@@ -190,35 +160,27 @@ impl FunnelGroups {
         Ok(Arc::new(StructArray::new(self.result_fields.clone(), columns, None::<NullBuffer>)))
     }
 
-    fn state_lists(&self, entries: &[Entry], n: usize) -> Vec<ArrayRef> {
-        let mut lengths = vec![0usize; n];
-        for e in entries {
-            lengths[e.group as usize] += 1;
-        }
-        let offsets = OffsetBuffer::from_lengths(lengths);
+    fn state_lists(&self, entries: &[(u32, FunnelEvent)], n: usize) -> Vec<ArrayRef> {
+        let offsets = list_offsets(entries, n);
         let list = |values: ArrayRef| -> ArrayRef {
             let field = Arc::new(Field::new_list_field(values.data_type().clone(), true));
             Arc::new(ListArray::new(field, offsets.clone(), values, None))
         };
         let ints = |f: &dyn Fn(&FunnelEvent) -> i64| -> ArrayRef {
-            Arc::new(Int64Array::from_iter_values(entries.iter().map(|e| f(&e.event))))
+            Arc::new(Int64Array::from_iter_values(entries.iter().map(|e| f(&e.1))))
         };
         let texts = |f: &dyn Fn(&FunnelEvent) -> u32| -> ArrayRef {
-            Arc::new(StringArray::from_iter(entries.iter().map(|e| self.value(f(&e.event)))))
+            Arc::new(StringArray::from_iter(entries.iter().map(|e| self.value(f(&e.1)))))
         };
         vec![
             list(ints(&|e| e.ts)),
             list(ints(&|e| e.tiebreak)),
-            list(Arc::new(UInt64Array::from_iter_values(entries.iter().map(|e| e.event.row)))),
-            list(Arc::new(UInt64Array::from_iter_values(entries.iter().map(|e| e.event.mask)))),
+            list(Arc::new(UInt64Array::from_iter_values(entries.iter().map(|e| e.1.row)))),
+            list(Arc::new(UInt64Array::from_iter_values(entries.iter().map(|e| e.1.mask)))),
             list(texts(&|e| e.hold)),
             list(texts(&|e| e.breakdown)),
         ]
     }
-}
-
-fn group_id(g: usize) -> u32 {
-    u32::try_from(g).expect("funnel supports up to 2^32 groups")
 }
 
 impl GroupsAccumulator for FunnelGroups {
@@ -229,17 +191,17 @@ impl GroupsAccumulator for FunnelGroups {
         opt_filter: Option<&BooleanArray>,
         total_num_groups: usize,
     ) -> Result<()> {
-        self.groups = self.groups.max(total_num_groups);
+        self.events.saw_groups(total_num_groups);
         self.add_rows(values, opt_filter, |row| group_indices[row])
     }
 
     fn evaluate(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
-        let (entries, n) = self.take(emit_to);
+        let (entries, n) = self.events.take(emit_to, order);
         self.results(&entries, n)
     }
 
     fn state(&mut self, emit_to: EmitTo) -> Result<Vec<ArrayRef>> {
-        let (entries, n) = self.take(emit_to);
+        let (entries, n) = self.events.take(emit_to, order);
         Ok(self.state_lists(&entries, n))
     }
 
@@ -249,7 +211,7 @@ impl GroupsAccumulator for FunnelGroups {
         group_indices: &[usize],
         total_num_groups: usize,
     ) -> Result<()> {
-        self.groups = self.groups.max(total_num_groups);
+        self.events.saw_groups(total_num_groups);
         let lists: Vec<&ListArray> = values.iter().map(|v| v.as_list::<i32>()).collect();
         let ts = lists[0].values().as_primitive::<Int64Type>().clone();
         let tiebreak = lists[1].values().as_primitive::<Int64Type>().clone();
@@ -275,7 +237,7 @@ impl GroupsAccumulator for FunnelGroups {
                     breakdown: breakdown_id,
                 };
                 self.next_row = self.next_row.max(event.row + 1);
-                self.entries.push(Entry { group: group_id(g), event });
+                self.events.push(g, event);
             }
         }
         Ok(())
@@ -288,58 +250,31 @@ impl GroupsAccumulator for FunnelGroups {
     ) -> Result<Vec<ArrayRef>> {
         let rows = values[ARG_TS].len();
         let mut single = FunnelGroups::new(self.options.clone(), self.time_type.clone(), self.result_fields.clone());
+        single.events.saw_groups(rows);
         single.add_rows(values, opt_filter, |row| row)?;
-        // Row ids restart in every state; merge_batch gives them fresh ones.
-        single.entries.iter_mut().for_each(|e| e.event.row = 0);
-        Ok(single.state_lists(&single.entries, rows))
+        // One row per state: its events already come in order.
+        Ok(single.state_lists(single.events.entries(), rows))
     }
 
     fn size(&self) -> usize {
-        self.entries.capacity() * std::mem::size_of::<Entry>()
+        self.events.size()
             + self.strings.iter().map(|s| s.capacity() * 2 + 48).sum::<usize>()
             + std::mem::size_of::<Self>()
     }
 }
 
-/// The same state for a single group (an aggregate without GROUP BY).
-#[derive(Debug)]
-pub struct FunnelAccumulator {
-    groups: FunnelGroups,
-}
-
-impl FunnelAccumulator {
-    pub fn new(groups: FunnelGroups) -> Self {
-        FunnelAccumulator { groups }
-    }
-}
-
-impl Accumulator for FunnelAccumulator {
-    fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
-        self.groups.groups = 1;
-        self.groups.add_rows(values, None, |_| 0)
-    }
-
-    fn evaluate(&mut self) -> Result<ScalarValue> {
-        self.groups.sort();
-        let result = self.groups.results(&self.groups.entries, 1)?;
+impl EvaluateInPlace for FunnelGroups {
+    fn evaluate_kept(&mut self) -> Result<ScalarValue> {
+        self.events.sort_by_key(order);
+        let result = self.results(self.events.entries(), 1)?;
         ScalarValue::try_from_array(&result, 0)
     }
 
-    fn state(&mut self) -> Result<Vec<ScalarValue>> {
-        self.groups.sort();
-        self.groups
-            .state_lists(&self.groups.entries, 1)
+    fn state_kept(&mut self) -> Result<Vec<ScalarValue>> {
+        self.events.sort_by_key(order);
+        self.state_lists(self.events.entries(), 1)
             .iter()
             .map(|a| ScalarValue::try_from_array(a, 0))
             .collect()
-    }
-
-    fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
-        let zeros = vec![0usize; states[0].len()];
-        self.groups.merge_batch(states, &zeros, 1)
-    }
-
-    fn size(&self) -> usize {
-        self.groups.size()
     }
 }

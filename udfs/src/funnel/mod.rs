@@ -20,13 +20,13 @@ use datafusion::logical_expr::{
     Accumulator, AggregateUDF, AggregateUDFImpl, Documentation, GroupsAccumulator, Signature,
     Volatility,
 };
-use datafusion::physical_expr::expressions::Literal;
-use datafusion::scalar::ScalarValue;
 
 pub use chain::{find_chain, Chain, FunnelEvent};
 pub use options::{Entry, Exclusion, FunnelOptions, Ties};
 
-use accumulator::{FunnelAccumulator, FunnelGroups};
+use accumulator::FunnelGroups;
+use crate::grouped::SingleGroup;
+use crate::args::{coerce_conditions, literal, string_literal};
 
 pub const NAME: &str = "funnel";
 const ARG_WINDOW: usize = 0;
@@ -44,7 +44,7 @@ pub fn funnel_udaf() -> Arc<AggregateUDF> {
 }
 
 fn plan_err(msg: String) -> DataFusionError {
-    DataFusionError::Plan(format!("{NAME}: {msg}"))
+    crate::args::plan_err(NAME, msg)
 }
 
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -83,26 +83,10 @@ fn result_fields(ts: &DataType) -> Fields {
     ])
 }
 
-fn literal(args: &AccumulatorArgs, i: usize, what: &str) -> Result<ScalarValue> {
-    match args.exprs[i].downcast_ref::<Literal>() {
-        Some(lit) if !lit.value().is_null() => Ok(lit.value().clone()),
-        Some(_) => Err(plan_err(format!("{what} must not be NULL"))),
-        None => Err(plan_err(format!("{what} must be a literal, not {}", args.exprs[i]))),
-    }
-}
-
 fn options_from(args: &AccumulatorArgs) -> Result<FunnelOptions> {
     let ts = args.expr_fields[ARG_TS].data_type();
-    let window = literal(args, ARG_WINDOW, "argument 1 (window)")?;
-    let text = match literal(args, ARG_OPTIONS, "argument 2 (options)")? {
-        ScalarValue::Utf8(Some(s)) | ScalarValue::Utf8View(Some(s)) | ScalarValue::LargeUtf8(Some(s)) => s,
-        other => {
-            return Err(plan_err(format!(
-                "argument 2 (options) must be a string literal, got {}",
-                other.data_type()
-            )))
-        }
-    };
+    let window = literal(NAME, &args.exprs[ARG_WINDOW], "argument 1 (window)")?;
+    let text = string_literal(NAME, &args.exprs[ARG_OPTIONS], "argument 2 (options)")?;
     let conds = args.exprs.len() - ARG_CONDS;
     let mut options = FunnelOptions::parse(&window, &text, conds, ts)?;
     options.hold = args.expr_fields[ARG_HOLD].data_type() != &DataType::Null;
@@ -148,21 +132,7 @@ impl AggregateUDFImpl for Funnel {
                 "argument 4 (tiebreak) must be NULL, an integer or a timestamp, got {tb}"
             )));
         }
-        let mut out = types.to_vec();
-        for (i, t) in types.iter().enumerate().skip(ARG_CONDS) {
-            match t {
-                DataType::Boolean => {}
-                DataType::Null => out[i] = DataType::Boolean,
-                other => {
-                    return Err(plan_err(format!(
-                        "argument {} (cond{}) must be a boolean, got {other}",
-                        i + 1,
-                        i + 1 - ARG_CONDS
-                    )))
-                }
-            }
-        }
-        Ok(out)
+        coerce_conditions(NAME, types, ARG_CONDS)
     }
 
     fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
@@ -174,7 +144,7 @@ impl AggregateUDFImpl for Funnel {
     }
 
     fn accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
-        Ok(Box::new(FunnelAccumulator::new(self.groups(&args)?)))
+        Ok(Box::new(SingleGroup(self.groups(&args)?)))
     }
 
     fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {

@@ -1,7 +1,7 @@
 //! State for `window_funnel`: the events of every group in one flat buffer.
 //!
 //! Only (row, condition) pairs that match a condition are kept (plus non-matching rows in
-//! strict_order mode, where they break chains), 32 bytes each. At the end the buffer is
+//! strict_order mode, where they break chains), 32 bytes each (see [`GroupedEvents`]). At the end the buffer is
 //! sorted by (group, ts, step, row) — a no-op check when the input was already sorted by
 //! person and time — and each group's run is scanned once.
 //!
@@ -12,27 +12,24 @@ use std::sync::Arc;
 use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, Int64Array, ListArray, UInt64Array, UInt8Array,
 };
-use datafusion::arrow::buffer::OffsetBuffer;
 use datafusion::arrow::datatypes::{DataType, Field, Int64Type, UInt64Type, UInt8Type};
 use datafusion::error::Result;
-use datafusion::logical_expr::{Accumulator, EmitTo, GroupsAccumulator};
+use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
 use datafusion::scalar::ScalarValue;
 
 use super::level::{funnel_level, Event};
 use super::options::FunnelOptions;
+use crate::grouped::{list_offsets, runs, EvaluateInPlace, GroupedEvents};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-struct Entry {
-    group: u32,
-    event: Event,
+/// Events sort by (ts, step, row).
+fn order(e: &Event) -> Event {
+    *e
 }
 
 #[derive(Debug)]
 pub struct FunnelGroups {
     options: FunnelOptions,
-    entries: Vec<Entry>,
-    /// Groups seen so far (the groups accumulator's `total_num_groups`).
-    groups: usize,
+    events: GroupedEvents<Event>,
     /// The next input row's id; rows merged from partial states get fresh ids.
     next_row: u64,
 }
@@ -44,7 +41,7 @@ fn timestamps_as_i64(ts: &ArrayRef) -> Result<Int64Array> {
 
 impl FunnelGroups {
     pub fn new(options: FunnelOptions) -> Self {
-        FunnelGroups { options, entries: vec![], groups: 0, next_row: 0 }
+        FunnelGroups { options, events: GroupedEvents::default(), next_row: 0 }
     }
 
     /// The (row, condition) events of `values` = [window, mode, ts, cond1..condN]; calls
@@ -110,70 +107,30 @@ impl FunnelGroups {
         Ok(row_id)
     }
 
-    fn sort(&mut self) {
-        crate::group_sort::sort_by_group(&mut self.entries, self.groups, |e| e.group, |e| e.event);
-    }
-
-    /// The levels of groups 0..n (entries must be sorted).
-    fn levels(&self, entries: &[Entry], n: usize) -> Vec<u8> {
-        let mut out = vec![0u8; n];
+    /// The levels of groups 0..n of sorted `entries`.
+    fn levels(&self, entries: &[(u32, Event)], n: usize) -> Vec<u8> {
         let mut scratch: Vec<Event> = vec![];
-        for run in entries.chunk_by(|a, b| a.group == b.group) {
-            scratch.clear();
-            scratch.extend(run.iter().map(|e| e.event));
-            out[run[0].group as usize] = funnel_level(&scratch, &self.options);
-        }
-        out
+        runs(entries, n)
+            .map(|run| {
+                scratch.clear();
+                scratch.extend(run.iter().map(|e| e.1));
+                funnel_level(&scratch, &self.options)
+            })
+            .collect()
     }
 
-    /// Remove the entries of the first `n` groups (all if `emit_to` is All) and renumber
-    /// the rest.
-    fn take(&mut self, emit_to: EmitTo) -> (Vec<Entry>, usize) {
-        self.sort();
-        match emit_to {
-            EmitTo::All => {
-                let n = self.groups;
-                self.groups = 0;
-                (std::mem::take(&mut self.entries), n)
-            }
-            EmitTo::First(n) => {
-                let split = self.entries.partition_point(|e| (e.group as usize) < n);
-                let mut rest = self.entries.split_off(split);
-                for e in rest.iter_mut() {
-                    e.group -= n as u32;
-                }
-                self.groups -= n;
-                (std::mem::replace(&mut self.entries, rest), n)
-            }
-        }
-    }
-
-    fn state_lists(entries: &[Entry], n: usize) -> Vec<ArrayRef> {
-        let mut offsets = Vec::with_capacity(n + 1);
-        offsets.push(0i32);
-        let mut at = 0usize;
-        for g in 0..n {
-            while at < entries.len() && entries[at].group as usize == g {
-                at += 1;
-            }
-            offsets.push(at as i32);
-        }
-        let ts = Int64Array::from_iter_values(entries.iter().map(|e| e.event.ts));
-        let step = UInt8Array::from_iter_values(entries.iter().map(|e| e.event.step));
-        let row = UInt64Array::from_iter_values(entries.iter().map(|e| e.event.row));
-        let offsets = OffsetBuffer::new(offsets.into());
+    fn state_lists(entries: &[(u32, Event)], n: usize) -> Vec<ArrayRef> {
+        let ts = Int64Array::from_iter_values(entries.iter().map(|e| e.1.ts));
+        let step = UInt8Array::from_iter_values(entries.iter().map(|e| e.1.step));
+        let row = UInt64Array::from_iter_values(entries.iter().map(|e| e.1.row));
+        let offsets = list_offsets(entries, n);
         let list = |values: ArrayRef| -> ArrayRef {
             let field = Arc::new(Field::new_list_field(values.data_type().clone(), false));
             Arc::new(ListArray::new(field, offsets.clone(), values, None))
         };
         vec![list(Arc::new(ts)), list(Arc::new(step)), list(Arc::new(row))]
     }
-
-    fn group_id(g: usize) -> u32 {
-        u32::try_from(g).expect("window_funnel supports up to 2^32 groups")
-    }
 }
-
 impl GroupsAccumulator for FunnelGroups {
     fn update_batch(
         &mut self,
@@ -182,22 +139,22 @@ impl GroupsAccumulator for FunnelGroups {
         opt_filter: Option<&BooleanArray>,
         total_num_groups: usize,
     ) -> Result<()> {
-        self.groups = self.groups.max(total_num_groups);
-        let mut entries = std::mem::take(&mut self.entries);
+        self.events.saw_groups(total_num_groups);
+        let mut events = std::mem::take(&mut self.events);
         self.next_row = self.events_of(values, opt_filter, self.next_row, |row, event| {
-            entries.push(Entry { group: Self::group_id(group_indices[row]), event })
+            events.push(group_indices[row], event)
         })?;
-        self.entries = entries;
+        self.events = events;
         Ok(())
     }
 
     fn evaluate(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
-        let (entries, n) = self.take(emit_to);
+        let (entries, n) = self.events.take(emit_to, order);
         Ok(Arc::new(UInt8Array::from(self.levels(&entries, n))))
     }
 
     fn state(&mut self, emit_to: EmitTo) -> Result<Vec<ArrayRef>> {
-        let (entries, n) = self.take(emit_to);
+        let (entries, n) = self.events.take(emit_to, order);
         Ok(Self::state_lists(&entries, n))
     }
 
@@ -207,7 +164,7 @@ impl GroupsAccumulator for FunnelGroups {
         group_indices: &[usize],
         total_num_groups: usize,
     ) -> Result<()> {
-        self.groups = self.groups.max(total_num_groups);
+        self.events.saw_groups(total_num_groups);
         let ts = values[0].as_list::<i32>();
         let step = values[1].as_list::<i32>();
         let row = values[2].as_list::<i32>();
@@ -228,7 +185,7 @@ impl GroupsAccumulator for FunnelGroups {
                     row: base + row_values.value(j),
                 };
                 self.next_row = self.next_row.max(event.row + 1);
-                self.entries.push(Entry { group: Self::group_id(g), event });
+                self.events.push(g, event);
             }
         }
         Ok(())
@@ -242,55 +199,25 @@ impl GroupsAccumulator for FunnelGroups {
         // Each input row becomes its own group's state.
         let rows = values[2].len();
         let mut entries = vec![];
-        self.events_of(values, opt_filter, 0, |row, event| {
-            entries.push(Entry { group: Self::group_id(row), event })
-        })?;
+        self.events_of(values, opt_filter, 0, |row, event| entries.push((row as u32, event)))?;
         Ok(Self::state_lists(&entries, rows))
     }
 
     fn size(&self) -> usize {
-        self.entries.capacity() * std::mem::size_of::<Entry>() + std::mem::size_of::<Self>()
+        self.events.size() + std::mem::size_of::<Self>()
     }
 }
 
-/// The same state for a single group (an aggregate without GROUP BY, or a window).
-#[derive(Debug)]
-pub struct FunnelAccumulator {
-    groups: FunnelGroups,
-}
-
-impl FunnelAccumulator {
-    pub fn new(groups: FunnelGroups) -> Self {
-        FunnelAccumulator { groups }
-    }
-}
-
-impl Accumulator for FunnelAccumulator {
-    fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
-        let zeros = vec![0usize; values[2].len()];
-        self.groups.update_batch(values, &zeros, None, 1)
+impl EvaluateInPlace for FunnelGroups {
+    fn evaluate_kept(&mut self) -> Result<ScalarValue> {
+        self.events.sort_by_key(order);
+        Ok(ScalarValue::UInt8(Some(self.levels(self.events.entries(), 1)[0])))
     }
 
-    fn evaluate(&mut self) -> Result<ScalarValue> {
-        self.groups.sort();
-        let level = self.groups.levels(&self.groups.entries, 1)[0];
-        Ok(ScalarValue::UInt8(Some(level)))
-    }
-
-    fn state(&mut self) -> Result<Vec<ScalarValue>> {
-        self.groups.sort();
-        FunnelGroups::state_lists(&self.groups.entries, 1)
+    fn state_kept(&mut self) -> Result<Vec<ScalarValue>> {
+        FunnelGroups::state_lists(self.events.sorted(order), 1)
             .iter()
             .map(|a| ScalarValue::try_from_array(a, 0))
             .collect()
-    }
-
-    fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
-        let zeros = vec![0usize; states[0].len()];
-        self.groups.merge_batch(states, &zeros, 1)
-    }
-
-    fn size(&self) -> usize {
-        self.groups.size()
     }
 }

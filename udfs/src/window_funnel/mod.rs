@@ -28,7 +28,8 @@ use datafusion::logical_expr::{
 pub use level::{funnel_level, Event};
 pub use options::{FunnelMode, FunnelOptions};
 
-use accumulator::{FunnelAccumulator, FunnelGroups};
+use accumulator::FunnelGroups;
+use crate::grouped::SingleGroup;
 
 pub const NAME: &str = "window_funnel";
 /// The most conditions one call may have.
@@ -58,7 +59,7 @@ impl WindowFunnel {
 }
 
 fn plan_err(msg: String) -> DataFusionError {
-    DataFusionError::Plan(format!("{NAME}: {msg}"))
+    crate::args::plan_err(NAME, msg)
 }
 
 impl AggregateUDFImpl for WindowFunnel {
@@ -84,7 +85,7 @@ impl AggregateUDFImpl for WindowFunnel {
 
     fn accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
         let options = FunnelOptions::from_args(&args)?;
-        Ok(Box::new(FunnelAccumulator::new(FunnelGroups::new(options))))
+        Ok(Box::new(SingleGroup(FunnelGroups::new(options))))
     }
 
     fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {

@@ -1,15 +1,12 @@
 //! The literal arguments of `window_funnel`: the window and the mode.
 
-use std::sync::Arc;
-
 use datafusion::arrow::datatypes::{DataType, TimeUnit};
 use datafusion::error::Result;
 use datafusion::logical_expr::function::AccumulatorArgs;
-use datafusion::physical_expr::expressions::Literal;
-use datafusion::physical_expr::PhysicalExpr;
 use datafusion::scalar::ScalarValue;
 
-use super::{plan_err, MAX_STEPS};
+use super::{plan_err, MAX_STEPS, NAME};
+use crate::args::{coerce_conditions, literal, string_literal};
 
 /// ClickHouse's windowFunnel modes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -75,28 +72,9 @@ impl FunnelOptions {
             ));
         }
         let ts_type = args.expr_fields[2].data_type().clone();
-        let window = literal(&args.exprs[0], "argument 1 (window)")?;
-        let mode = literal(&args.exprs[1], "argument 2 (mode)")?;
-        let mode = match mode {
-            ScalarValue::Utf8(Some(s))
-            | ScalarValue::Utf8View(Some(s))
-            | ScalarValue::LargeUtf8(Some(s)) => FunnelMode::parse(&s)?,
-            other => {
-                return Err(plan_err(format!(
-                    "argument 2 (mode) must be a string literal, got {}",
-                    other.data_type()
-                )))
-            }
-        };
+        let window = literal(NAME, &args.exprs[0], "argument 1 (window)")?;
+        let mode = FunnelMode::parse(&string_literal(NAME, &args.exprs[1], "argument 2 (mode)")?)?;
         Ok(FunnelOptions { window: window_in_ts_units(&window, &ts_type)?, mode, steps })
-    }
-}
-
-fn literal(expr: &Arc<dyn PhysicalExpr>, what: &str) -> Result<ScalarValue> {
-    match expr.downcast_ref::<Literal>() {
-        Some(lit) if !lit.value().is_null() => Ok(lit.value().clone()),
-        Some(_) => Err(plan_err(format!("{what} must not be NULL"))),
-        None => Err(plan_err(format!("{what} must be a literal, not {expr}"))),
     }
 }
 
@@ -183,7 +161,6 @@ pub(crate) fn check_argument_types(types: &[DataType]) -> Result<Vec<DataType>> 
             types.len() - 3
         )));
     }
-    let mut out = types.to_vec();
     let window_ok = types[0].is_integer()
         || matches!(types[0], DataType::Interval(_) | DataType::Null);
     if !window_ok {
@@ -201,18 +178,5 @@ pub(crate) fn check_argument_types(types: &[DataType]) -> Result<Vec<DataType>> 
             types[2]
         )));
     }
-    for (i, t) in types.iter().enumerate().skip(3) {
-        match t {
-            DataType::Boolean => {}
-            DataType::Null => out[i] = DataType::Boolean,
-            other => {
-                return Err(plan_err(format!(
-                    "argument {} (cond{}) must be a boolean, got {other}",
-                    i + 1,
-                    i - 2
-                )))
-            }
-        }
-    }
-    Ok(out)
+    coerce_conditions(NAME, types, 3)
 }

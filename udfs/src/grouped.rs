@@ -1,0 +1,168 @@
+//! The state both funnel accumulators share: a flat buffer of (group, event) pairs for
+//! every group of an aggregation, instead of a vector per group.
+
+use datafusion::arrow::array::ArrayRef;
+use datafusion::arrow::buffer::OffsetBuffer;
+use datafusion::error::Result;
+use datafusion::logical_expr::{Accumulator, EmitTo, GroupsAccumulator};
+use datafusion::scalar::ScalarValue;
+
+#[derive(Debug)]
+pub struct GroupedEvents<T> {
+    entries: Vec<(u32, T)>,
+    /// Groups seen so far (the groups accumulator's `total_num_groups`).
+    groups: usize,
+}
+
+impl<T> Default for GroupedEvents<T> {
+    fn default() -> Self {
+        GroupedEvents { entries: vec![], groups: 0 }
+    }
+}
+
+impl<T: Copy> GroupedEvents<T> {
+    pub fn saw_groups(&mut self, total_num_groups: usize) {
+        self.groups = self.groups.max(total_num_groups);
+    }
+
+    pub fn push(&mut self, group: usize, event: T) {
+        let group = u32::try_from(group).expect("funnel functions support up to 2^32 groups");
+        self.entries.push((group, event));
+    }
+
+    /// Sort by (group, `key`): a stable counting sort by group, then each group's run on
+    /// its own. Runs are usually sorted already — within one person, rows arrive in time
+    /// order in both time-ordered and person-sorted data — so this is close to linear
+    /// where a comparison sort of the whole buffer would not be.
+    pub fn sort_by_key<K: Ord>(&mut self, key: impl Fn(&T) -> K + Copy) {
+        let entries = &mut self.entries;
+        let in_order = entries.windows(2).all(|w| (w[0].0, key(&w[0].1)) <= (w[1].0, key(&w[1].1)));
+        if in_order {
+            return;
+        }
+        let mut starts = vec![0usize; self.groups + 1];
+        for (g, _) in entries.iter() {
+            starts[*g as usize + 1] += 1;
+        }
+        for g in 0..self.groups {
+            starts[g + 1] += starts[g];
+        }
+        let mut sorted = vec![entries[0]; entries.len()];
+        let mut next = starts.clone();
+        for e in entries.iter() {
+            sorted[next[e.0 as usize]] = *e;
+            next[e.0 as usize] += 1;
+        }
+        for g in 0..self.groups {
+            let run = &mut sorted[starts[g]..starts[g + 1]];
+            if !run.is_sorted_by_key(|e| key(&e.1)) {
+                run.sort_unstable_by_key(|e| key(&e.1));
+            }
+        }
+        *entries = sorted;
+    }
+
+    /// The entries, in the order of the last sort.
+    pub fn entries(&self) -> &[(u32, T)] {
+        &self.entries
+    }
+
+    /// All entries, sorted by (group, `key`).
+    pub fn sorted<K: Ord>(&mut self, key: impl Fn(&T) -> K + Copy) -> &[(u32, T)] {
+        self.sort_by_key(key);
+        &self.entries
+    }
+
+    /// Remove and return the sorted entries of the groups `emit_to` names, with their
+    /// count; the groups left are renumbered from 0.
+    pub fn take<K: Ord>(&mut self, emit_to: EmitTo, key: impl Fn(&T) -> K + Copy) -> (Vec<(u32, T)>, usize) {
+        self.sort_by_key(key);
+        match emit_to {
+            EmitTo::All => (std::mem::take(&mut self.entries), std::mem::take(&mut self.groups)),
+            EmitTo::First(n) => {
+                let split = self.entries.partition_point(|e| (e.0 as usize) < n);
+                let mut rest = self.entries.split_off(split);
+                rest.iter_mut().for_each(|e| e.0 -= n as u32);
+                self.groups -= n;
+                (std::mem::replace(&mut self.entries, rest), n)
+            }
+        }
+    }
+
+    pub fn size(&self) -> usize {
+        self.entries.capacity() * std::mem::size_of::<(u32, T)>()
+    }
+}
+
+/// For each group 0..n of sorted `entries`, its run (empty for a group without events).
+pub fn runs<T>(entries: &[(u32, T)], n: usize) -> impl Iterator<Item = &[(u32, T)]> {
+    let mut at = 0;
+    (0..n).map(move |g| {
+        let start = at;
+        while at < entries.len() && entries[at].0 as usize == g {
+            at += 1;
+        }
+        &entries[start..at]
+    })
+}
+
+/// List offsets for groups 0..n of sorted `entries`.
+pub fn list_offsets<T>(entries: &[(u32, T)], n: usize) -> OffsetBuffer<i32> {
+    OffsetBuffer::from_lengths(runs(entries, n).map(|r| r.len()))
+}
+
+/// A groups accumulator that can also answer for group 0 without giving up its state,
+/// as an aggregate without GROUP BY (or over a window frame) needs.
+pub trait EvaluateInPlace: GroupsAccumulator {
+    fn evaluate_kept(&mut self) -> Result<ScalarValue>;
+    fn state_kept(&mut self) -> Result<Vec<ScalarValue>>;
+}
+
+/// A groups accumulator used as a plain accumulator: everything is group 0.
+#[derive(Debug)]
+pub struct SingleGroup<G>(pub G);
+
+impl<G: EvaluateInPlace + std::fmt::Debug + Sync> Accumulator for SingleGroup<G> {
+    fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
+        let rows = values.first().map(|v| v.len()).unwrap_or(0);
+        self.0.update_batch(values, &vec![0; rows], None, 1)
+    }
+
+    fn evaluate(&mut self) -> Result<ScalarValue> {
+        self.0.evaluate_kept()
+    }
+
+    fn state(&mut self) -> Result<Vec<ScalarValue>> {
+        self.0.state_kept()
+    }
+
+    fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
+        let rows = states.first().map(|v| v.len()).unwrap_or(0);
+        self.0.merge_batch(states, &vec![0; rows], 1)
+    }
+
+    fn size(&self) -> usize {
+        self.0.size()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sorts_by_group_then_key_and_takes_the_first_groups() {
+        let mut g = GroupedEvents::default();
+        g.saw_groups(3);
+        for (group, v) in [(2, 5), (0, 3), (2, 1), (1, 9), (0, 1), (2, 3)] {
+            g.push(group, v);
+        }
+        assert_eq!(g.sorted(|v| *v), &[(0, 1), (0, 3), (1, 9), (2, 1), (2, 3), (2, 5)]);
+        let lengths: Vec<usize> = runs(g.sorted(|v| *v), 3).map(|r| r.len()).collect();
+        assert_eq!(lengths, vec![2, 1, 3]);
+        let (first, n) = g.take(EmitTo::First(2), |v| *v);
+        assert_eq!((first, n), (vec![(0, 1), (0, 3), (1, 9)], 2));
+        let (rest, n) = g.take(EmitTo::All, |v| *v);
+        assert_eq!((rest, n), (vec![(0, 1), (0, 3), (0, 5)], 1));
+    }
+}
