@@ -18,7 +18,11 @@ use crate::output::{write_batches, Format};
 use crate::progress::Bar;
 
 #[derive(Debug, Parser)]
-#[command(name = "tidepool", version, about = "A columnar analytical query engine for customer-data and product analytics")]
+#[command(
+    name = "tidepool",
+    version,
+    about = "A columnar analytical query engine for customer-data and product analytics"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: Global,
@@ -237,16 +241,21 @@ async fn sql(g: &Global, args: &SqlArgs) -> Result<()> {
     let ctx = new_session(&options).await?;
     let mut out: Box<dyn Write> = match &args.output {
         Some(path) => Box::new(std::io::BufWriter::new(
-            std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?,
+            std::fs::File::create(path)
+                .with_context(|| format!("cannot create {}", path.display()))?,
         )),
         None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
     };
     if args.format == Format::Parquet && args.output.is_none() && std::io::stdout().is_terminal() {
-        bail!("--format parquet writes binary data: give --output FILE or redirect standard output");
+        bail!(
+            "--format parquet writes binary data: give --output FILE or redirect standard output"
+        );
     }
     let text = match (&args.query, &args.file) {
         (Some(q), _) => q.clone(),
-        (None, Some(f)) => std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?,
+        (None, Some(f)) => {
+            std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?
+        }
         (None, None) if std::io::stdin().is_terminal() => {
             drop(out);
             return crate::repl::run(&ctx, args.format, args.timing).await;
@@ -290,7 +299,11 @@ pub async fn run_statements(
 
 async fn import(g: &Global, args: &ImportArgs) -> Result<()> {
     let wh = g.warehouse_to_write("import")?;
-    let csv = CsvOptions { header: !args.no_header, columns: args.columns.clone(), delimiter: b',' };
+    let csv = CsvOptions {
+        header: !args.no_header,
+        columns: args.columns.clone(),
+        delimiter: b',',
+    };
     let format = args.format.as_deref().map(InputFormat::parse).transpose()?;
     let opts_for = |source: &str| -> Result<ImportOptions> {
         let mut csv = csv.clone();
@@ -347,12 +360,21 @@ async fn gen(g: &Global, args: &GenArgs) -> Result<()> {
     };
     let start = chrono::NaiveDate::parse_from_str(&args.start, "%Y-%m-%d")
         .with_context(|| format!("--start '{}': expected YYYY-MM-DD", args.start))?;
-    let opts = GenOptions { events: args.events, users: args.users, days: args.days, seed: args.seed, start };
+    let opts = GenOptions {
+        events: args.events,
+        users: args.users,
+        days: args.days,
+        seed: args.seed,
+        start,
+    };
     let bar = Bar::new("gen");
     let table = wh.events();
     let report = generate(&table, &opts, &bar).await?;
     if report.already_generated {
-        eprintln!("{}: this dataset is already there; nothing to do", table.location.url);
+        eprintln!(
+            "{}: this dataset is already there; nothing to do",
+            table.location.url
+        );
     } else {
         eprintln!(
             "{}: generated {} events for {} people in {} files (version {})",
@@ -368,7 +390,13 @@ async fn gen(g: &Global, args: &GenArgs) -> Result<()> {
 
 async fn table(g: &Global, cmd: &TableCommand) -> Result<()> {
     match cmd {
-        TableCommand::Add { name, url, map, set, time_unit } => {
+        TableCommand::Add {
+            name,
+            url,
+            map,
+            set,
+            time_unit,
+        } => {
             let wh = g.warehouse_to_write("table add")?;
             let ext = ExternalTable {
                 name: name.clone(),
@@ -377,7 +405,12 @@ async fn table(g: &Global, cmd: &TableCommand) -> Result<()> {
                 time_unit: TimeUnitSpec::parse(time_unit)?,
             };
             // Check that it reads before recording it.
-            let probe = SessionOptions { warehouse: None, tables: vec![], s3: g.s3(), target_partitions: None };
+            let probe = SessionOptions {
+                warehouse: None,
+                tables: vec![],
+                s3: g.s3(),
+                target_partitions: None,
+            };
             let ctx = new_session(&probe).await?;
             tidepool_engine::session::external_event_table(&ctx, &ext, &g.s3()).await?;
             wh.add_external_table(&ext).await?;
@@ -410,14 +443,22 @@ async fn info(g: &Global) -> Result<()> {
     println!("files:   {}", m.files.len());
     let bytes: u64 = m.files.iter().map(|f| f.size).sum();
     println!("bytes:   {bytes}");
-    if let (Some(first), Some(last)) = (m.files.iter().map(|f| &f.date).min(), m.files.iter().map(|f| &f.date).max()) {
+    if let (Some(first), Some(last)) = (
+        m.files.iter().map(|f| &f.date).min(),
+        m.files.iter().map(|f| &f.date).max(),
+    ) {
         println!("dates:   {first} .. {last}");
     }
     for extra in &m.extra_columns {
         println!("column:  {} {}", extra.name, extra.column_type.name());
     }
     for b in &m.batches {
-        println!("batch:   {} {} rows  {}", &b.id[..16.min(b.id.len())], b.rows, b.source);
+        println!(
+            "batch:   {} {} rows  {}",
+            &b.id[..16.min(b.id.len())],
+            b.rows,
+            b.source
+        );
     }
     Ok(())
 }

@@ -16,7 +16,10 @@ fn main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -36,7 +39,8 @@ fn main() -> std::process::ExitCode {
 /// causes would repeat it); other errors get their causes appended.
 pub fn describe(e: &anyhow::Error) -> String {
     if e.downcast_ref::<tidepool_engine::EngineError>().is_some()
-        || e.downcast_ref::<datafusion::error::DataFusionError>().is_some()
+        || e.downcast_ref::<datafusion::error::DataFusionError>()
+            .is_some()
     {
         e.to_string()
     } else {

@@ -24,17 +24,29 @@ pub fn write_batches(format: Format, batches: &[RecordBatch], out: &mut dyn Writ
             if batches.iter().all(|b| b.num_rows() == 0) {
                 let names: Vec<&str> = batches
                     .first()
-                    .map(|b| b.schema_ref().fields().iter().map(|f| f.name().as_str()).collect())
+                    .map(|b| {
+                        b.schema_ref()
+                            .fields()
+                            .iter()
+                            .map(|f| f.name().as_str())
+                            .collect()
+                    })
                     .unwrap_or_default();
                 if !names.is_empty() {
                     writeln!(out, "({} | no rows)", names.join(", "))?;
                 }
             } else {
-                writeln!(out, "{}", arrow::util::pretty::pretty_format_batches(batches)?)?;
+                writeln!(
+                    out,
+                    "{}",
+                    arrow::util::pretty::pretty_format_batches(batches)?
+                )?;
             }
         }
         Format::Csv => {
-            let mut w = arrow::csv::WriterBuilder::new().with_header(true).build(&mut *out);
+            let mut w = arrow::csv::WriterBuilder::new()
+                .with_header(true)
+                .build(&mut *out);
             for b in batches {
                 w.write(b)?;
             }

@@ -11,7 +11,10 @@ pub struct Bar {
 
 impl Bar {
     pub fn new(label: impl Into<String>) -> Self {
-        Bar { bar: Mutex::new(None), label: label.into() }
+        Bar {
+            bar: Mutex::new(None),
+            label: label.into(),
+        }
     }
 }
 

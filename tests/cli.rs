@@ -7,9 +7,12 @@ use common::*;
 #[test]
 fn sample_warehouse_is_the_default_and_answers() {
     // No --warehouse: the committed sample in data/warehouse.
-    let out = ok(bin()
-        .current_dir(repo())
-        .args(["sql", "--format", "csv", "SELECT event_name, count(*) AS n FROM events GROUP BY 1 ORDER BY 2 DESC"]));
+    let out = ok(bin().current_dir(repo()).args([
+        "sql",
+        "--format",
+        "csv",
+        "SELECT event_name, count(*) AS n FROM events GROUP BY 1 ORDER BY 2 DESC",
+    ]));
     let rows: Vec<(String, u64)> = out
         .lines()
         .skip(1)
@@ -19,9 +22,18 @@ fn sample_warehouse_is_the_default_and_answers() {
         })
         .collect();
     assert!(rows.len() >= 8, "{out}");
-    assert!(rows.windows(2).all(|w| w[0].1 >= w[1].1), "ordered by count: {out}");
+    assert!(
+        rows.windows(2).all(|w| w[0].1 >= w[1].1),
+        "ordered by count: {out}"
+    );
     let names: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
-    for expected in ["page_view", "view_item", "add_to_cart", "begin_checkout", "purchase"] {
+    for expected in [
+        "page_view",
+        "view_item",
+        "add_to_cart",
+        "begin_checkout",
+        "purchase",
+    ] {
         assert!(names.contains(&expected), "{expected} missing: {out}");
     }
     // The funnel drops off step by step.
@@ -36,27 +48,71 @@ fn gen_then_query_counts_every_event() {
     let dir = tempfile::tempdir().unwrap();
     let wh = format!("file://{}", dir.path().join("wh").display());
     let stderr = String::from_utf8(
-        bin().args(["gen", "--events", "20000", "--users", "800", "--days", "14", "--seed", "3", "--out", &wh])
+        bin()
+            .args([
+                "gen", "--events", "20000", "--users", "800", "--days", "14", "--seed", "3",
+                "--out", &wh,
+            ])
             .output()
             .unwrap()
             .stderr,
     )
     .unwrap();
-    assert!(stderr.contains("generated 20000 events for 800 people"), "{stderr}");
-    let rows = query(&wh, "SELECT event_name, count(*) FROM events GROUP BY 1 ORDER BY 2 DESC", &[]);
+    assert!(
+        stderr.contains("generated 20000 events for 800 people"),
+        "{stderr}"
+    );
+    let rows = query(
+        &wh,
+        "SELECT event_name, count(*) FROM events GROUP BY 1 ORDER BY 2 DESC",
+        &[],
+    );
     let total: u64 = rows.iter().map(|r| r[1].parse::<u64>().unwrap()).sum();
     assert_eq!(total, 20000);
-    assert_eq!(count(&wh, "SELECT count(DISTINCT coalesce(user_id, anonymous_id)) FROM events") > 700, true);
-    assert_eq!(count(&wh, "SELECT count(DISTINCT date_trunc('day', event_time)) FROM events") <= 15, true);
+    assert_eq!(
+        count(
+            &wh,
+            "SELECT count(DISTINCT coalesce(user_id, anonymous_id)) FROM events"
+        ) > 700,
+        true
+    );
+    assert_eq!(
+        count(
+            &wh,
+            "SELECT count(DISTINCT date_trunc('day', event_time)) FROM events"
+        ) <= 15,
+        true
+    );
     // Marketing touches carry their channel; purchases carry revenue.
-    assert_eq!(count(&wh, "SELECT count(*) FROM events WHERE event_name = 'ad_click' AND channel IS NULL"), 0);
-    assert_eq!(count(&wh, "SELECT count(*) FROM events WHERE event_name = 'purchase' AND revenue IS NULL"), 0);
+    assert_eq!(
+        count(
+            &wh,
+            "SELECT count(*) FROM events WHERE event_name = 'ad_click' AND channel IS NULL"
+        ),
+        0
+    );
+    assert_eq!(
+        count(
+            &wh,
+            "SELECT count(*) FROM events WHERE event_name = 'purchase' AND revenue IS NULL"
+        ),
+        0
+    );
     // Some devices were seen before their user id was known.
-    assert!(count(&wh, "SELECT count(DISTINCT anonymous_id) FROM events WHERE anonymous_id IN \
-        (SELECT anonymous_id FROM events WHERE user_id IS NULL) AND user_id IS NOT NULL") > 0);
+    assert!(
+        count(
+            &wh,
+            "SELECT count(DISTINCT anonymous_id) FROM events WHERE anonymous_id IN \
+        (SELECT anonymous_id FROM events WHERE user_id IS NULL) AND user_id IS NOT NULL"
+        ) > 0
+    );
     // Same options again: nothing new.
     let again = String::from_utf8(
-        bin().args(["gen", "--events", "20000", "--users", "800", "--days", "14", "--seed", "3", "--out", &wh])
+        bin()
+            .args([
+                "gen", "--events", "20000", "--users", "800", "--days", "14", "--seed", "3",
+                "--out", &wh,
+            ])
             .output()
             .unwrap()
             .stderr,
@@ -74,8 +130,18 @@ fn malformed_csv_names_the_row_and_column_and_commits_nothing() {
     let wh = dir.path().join("wh");
     let wh = wh.to_str().unwrap();
     let good = write(dir.path(), "good.csv", GOOD);
-    let map = ["--map", "event_name=behavior", "--map", "event_time=ts", "--map", "user_id=uid"];
-    ok(bin().args(["import", "--warehouse", wh]).args(map).arg(&good));
+    let map = [
+        "--map",
+        "event_name=behavior",
+        "--map",
+        "event_time=ts",
+        "--map",
+        "user_id=uid",
+    ];
+    ok(bin()
+        .args(["import", "--warehouse", wh])
+        .args(map)
+        .arg(&good));
     assert_eq!(count(wh, "SELECT count(*) FROM events"), 3);
     let info_before = ok(bin().args(["info", "--warehouse", wh]));
 
@@ -84,7 +150,12 @@ fn malformed_csv_names_the_row_and_column_and_commits_nothing() {
         "bad.csv",
         "uid,behavior,ts\n3,pv,1511544300\n3,cart,1511544400\n4,pv,tuesday\n5,pv,1511544500\n6,pv,\n",
     );
-    let err = fails(bin().args(["import", "--warehouse", wh]).args(map).arg(&bad));
+    let err = fails(
+        bin()
+            .args(["import", "--warehouse", wh])
+            .args(map)
+            .arg(&bad),
+    );
     let expected = format!("{}: line 4, column 'ts': not a timestamp", bad.display());
     assert!(err.contains(&expected), "{err}");
     assert!(err.contains("(value 'tuesday')"), "{err}");
@@ -95,7 +166,12 @@ fn malformed_csv_names_the_row_and_column_and_commits_nothing() {
 
     // With --rejects the good rows land and the bad ones are written out.
     let rejects = dir.path().join("rejects.ndjson");
-    ok(bin().args(["import", "--warehouse", wh]).args(map).arg("--rejects").arg(&rejects).arg(&bad));
+    ok(bin()
+        .args(["import", "--warehouse", wh])
+        .args(map)
+        .arg("--rejects")
+        .arg(&rejects)
+        .arg(&bad));
     assert_eq!(count(wh, "SELECT count(*) FROM events"), 6);
     let lines: Vec<serde_json::Value> = std::fs::read_to_string(&rejects)
         .unwrap()
@@ -107,7 +183,10 @@ fn malformed_csv_names_the_row_and_column_and_commits_nothing() {
     assert_eq!(lines[0]["record"]["ts"], "tuesday");
     assert_eq!(lines[0]["errors"][0]["column"], "ts");
     assert_eq!(lines[1]["at"], "line 6");
-    assert!(lines[1]["errors"][0]["error"].as_str().unwrap().contains("missing value"));
+    assert!(lines[1]["errors"][0]["error"]
+        .as_str()
+        .unwrap()
+        .contains("missing value"));
 }
 
 #[test]
@@ -116,15 +195,33 @@ fn reimporting_the_same_file_does_not_duplicate_it() {
     let wh = dir.path().join("wh");
     let wh = wh.to_str().unwrap();
     let good = write(dir.path(), "good.csv", GOOD);
-    let map = ["--map", "event_name=behavior", "--map", "event_time=ts", "--map", "user_id=uid"];
-    ok(bin().args(["import", "--warehouse", wh]).args(map).arg(&good));
-    let out = bin().args(["import", "--warehouse", wh]).args(map).arg(&good).output().unwrap();
+    let map = [
+        "--map",
+        "event_name=behavior",
+        "--map",
+        "event_time=ts",
+        "--map",
+        "user_id=uid",
+    ];
+    ok(bin()
+        .args(["import", "--warehouse", wh])
+        .args(map)
+        .arg(&good));
+    let out = bin()
+        .args(["import", "--warehouse", wh])
+        .args(map)
+        .arg(&good)
+        .output()
+        .unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("already imported"));
     assert_eq!(count(wh, "SELECT count(*) FROM events"), 3);
     // The same rows under another name are the same content: still one copy.
     let copy = write(dir.path(), "copy.csv", GOOD);
-    ok(bin().args(["import", "--warehouse", wh]).args(map).arg(&copy));
+    ok(bin()
+        .args(["import", "--warehouse", wh])
+        .args(map)
+        .arg(&copy));
     assert_eq!(count(wh, "SELECT count(*) FROM events"), 3);
 }
 
@@ -140,25 +237,57 @@ fn ndjson_and_parquet_import_with_mapping() {
          {\"ts\":1767261600000,\"type\":\"purchase\",\"device\":\"a\",\"amount\":12.5}\n",
     );
     ok(bin()
-        .args(["import", "--warehouse", wh, "--map", "event_time=ts", "--map", "event_name=type"])
-        .args(["--map", "anonymous_id=device", "--map", "properties=props", "--map", "revenue=amount"])
+        .args([
+            "import",
+            "--warehouse",
+            wh,
+            "--map",
+            "event_time=ts",
+            "--map",
+            "event_name=type",
+        ])
+        .args([
+            "--map",
+            "anonymous_id=device",
+            "--map",
+            "properties=props",
+            "--map",
+            "revenue=amount",
+        ])
         .arg(&nd));
     let rows = query(wh, "SELECT event_name, event_time::varchar AS t, json_get_str(properties, 'sku'), revenue FROM events ORDER BY event_time", &[]);
     assert_eq!(rows[0], vec!["view_item", "2026-01-01T10:00:00Z", "x", ""]);
     // 1767261600000 ms = 2026-01-01T10:00:00Z
-    assert_eq!(rows[1], vec!["purchase", "2026-01-01T10:00:00Z", "", "12.5"]);
+    assert_eq!(
+        rows[1],
+        vec!["purchase", "2026-01-01T10:00:00Z", "", "12.5"]
+    );
 
     // Parquet written by `sql --format parquet` imports back.
     let pq = dir.path().join("out.parquet");
-    ok(bin().args(["sql", "--warehouse", wh, "--format", "parquet", "-o"]).arg(&pq).arg(
-        "SELECT event_time AS t, event_name AS what, anonymous_id AS who FROM events",
-    ));
+    ok(bin()
+        .args(["sql", "--warehouse", wh, "--format", "parquet", "-o"])
+        .arg(&pq)
+        .arg("SELECT event_time AS t, event_name AS what, anonymous_id AS who FROM events"));
     let wh2 = dir.path().join("wh2");
     let wh2 = wh2.to_str().unwrap();
     ok(bin()
-        .args(["import", "--warehouse", wh2, "--map", "event_time=t", "--map", "event_name=what", "--map", "anonymous_id=who"])
+        .args([
+            "import",
+            "--warehouse",
+            wh2,
+            "--map",
+            "event_time=t",
+            "--map",
+            "event_name=what",
+            "--map",
+            "anonymous_id=who",
+        ])
         .arg(&pq));
-    assert_eq!(count(wh2, "SELECT count(*) FROM events WHERE anonymous_id = 'a'"), 2);
+    assert_eq!(
+        count(wh2, "SELECT count(*) FROM events WHERE anonymous_id = 'a'"),
+        2
+    );
 }
 
 #[test]
@@ -168,8 +297,17 @@ fn table_option_reads_parquet_tidepool_did_not_write() {
     let wh = wh.to_str().unwrap();
     let ext = dir.path().join("ext");
     std::fs::create_dir(&ext).unwrap();
-    for (i, sql) in ["SELECT 1 AS id, 'a' AS name", "SELECT 2 AS id, 'b' AS name UNION ALL SELECT 3, 'c'"].iter().enumerate() {
-        ok(bin().args(["sql", "--warehouse", wh, "--format", "parquet", "-o"]).arg(ext.join(format!("p{i}.parquet"))).arg(sql));
+    for (i, sql) in [
+        "SELECT 1 AS id, 'a' AS name",
+        "SELECT 2 AS id, 'b' AS name UNION ALL SELECT 3, 'c'",
+    ]
+    .iter()
+    .enumerate()
+    {
+        ok(bin()
+            .args(["sql", "--warehouse", wh, "--format", "parquet", "-o"])
+            .arg(ext.join(format!("p{i}.parquet")))
+            .arg(sql));
     }
     let out = ok(bin()
         .args(["sql", "--warehouse", wh, "--format", "csv", "--table"])
@@ -195,7 +333,16 @@ fn registered_event_table_applies_its_mapping() {
     ok(bin()
         .args(["table", "add", "--warehouse", wh, "clicks"])
         .arg(&ext)
-        .args(["--map", "event_time=ts", "--map", "event_name=behavior", "--map", "anonymous_id=visitor", "--time-unit", "s"]));
+        .args([
+            "--map",
+            "event_time=ts",
+            "--map",
+            "event_name=behavior",
+            "--map",
+            "anonymous_id=visitor",
+            "--time-unit",
+            "s",
+        ]));
     let rows = query(wh, "SELECT event_time::varchar, event_name, anonymous_id, user_id, item FROM clicks ORDER BY 1", &[]);
     assert_eq!(rows[0], vec!["2017-11-24T17:21:10Z", "pv", "u1", "", "7"]);
     assert_eq!(rows.len(), 2);
@@ -210,20 +357,47 @@ fn registered_event_table_applies_its_mapping() {
 #[test]
 fn statements_from_a_file_and_from_standard_input() {
     let dir = tempfile::tempdir().unwrap();
-    let f = write(dir.path(), "q.sql", "CREATE VIEW v AS SELECT 40 + 2 AS x;\nSELECT x FROM v;\n");
+    let f = write(
+        dir.path(),
+        "q.sql",
+        "CREATE VIEW v AS SELECT 40 + 2 AS x;\nSELECT x FROM v;\n",
+    );
     let wh = dir.path().join("wh");
-    let out = ok(bin().args(["sql", "--format", "csv", "--warehouse", wh.to_str().unwrap(), "-f"]).arg(&f));
+    let out = ok(bin()
+        .args([
+            "sql",
+            "--format",
+            "csv",
+            "--warehouse",
+            wh.to_str().unwrap(),
+            "-f",
+        ])
+        .arg(&f));
     assert_eq!(out.trim(), "x\n42");
     use std::io::Write;
     let mut child = bin()
-        .args(["sql", "--format", "json", "--warehouse", wh.to_str().unwrap()])
+        .args([
+            "sql",
+            "--format",
+            "json",
+            "--warehouse",
+            wh.to_str().unwrap(),
+        ])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(b"SELECT [1,2] AS l, named_struct('a', 1) AS s").unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"SELECT [1,2] AS l, named_struct('a', 1) AS s")
+        .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert_eq!(String::from_utf8(out.stdout).unwrap().trim(), "{\"l\":[1,2],\"s\":{\"a\":1}}");
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap().trim(),
+        "{\"l\":[1,2],\"s\":{\"a\":1}}"
+    );
 }
 
 #[test]
@@ -231,7 +405,14 @@ fn timing_goes_to_standard_error() {
     let dir = tempfile::tempdir().unwrap();
     let wh = dir.path().join("wh");
     let out = bin()
-        .args(["sql", "--timing", "--format", "csv", "--warehouse", wh.to_str().unwrap()])
+        .args([
+            "sql",
+            "--timing",
+            "--format",
+            "csv",
+            "--warehouse",
+            wh.to_str().unwrap(),
+        ])
         .arg("SELECT a FROM (VALUES (1), (2)) AS t(a); SELECT 3 AS b")
         .output()
         .unwrap();
@@ -240,7 +421,10 @@ fn timing_goes_to_standard_error() {
     let err = String::from_utf8(out.stderr).unwrap();
     let lines: Vec<&str> = err.lines().collect();
     assert_eq!(lines.len(), 2, "{err}");
-    assert!(lines[0].starts_with("-- ") && lines[0].ends_with(" s, 2 rows"), "{err}");
+    assert!(
+        lines[0].starts_with("-- ") && lines[0].ends_with(" s, 2 rows"),
+        "{err}"
+    );
     assert!(lines[1].ends_with(" s, 1 rows"), "{err}");
 }
 
@@ -260,6 +444,10 @@ fn user_errors_are_clear_messages() {
     assert!(err.contains("no column for 'event_time'"), "{err}");
     let err = fails(bin().args(["import"]).arg(&f));
     assert!(err.contains("name it with --warehouse"), "{err}");
-    let err = fails(bin().args(["import", "--warehouse", wh, "--map", "event_time"]).arg(&f));
+    let err = fails(
+        bin()
+            .args(["import", "--warehouse", wh, "--map", "event_time"])
+            .arg(&f),
+    );
     assert!(err.contains("expected TARGET=SOURCE"), "{err}");
 }

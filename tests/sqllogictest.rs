@@ -69,7 +69,11 @@ fn rows_as_text(batches: &[RecordBatch]) -> Result<Vec<Vec<String>>, DataFusionE
                     .iter()
                     .map(|f| {
                         let v = f.value(row).to_string();
-                        if v.is_empty() { "(empty)".to_string() } else { v }
+                        if v.is_empty() {
+                            "(empty)".to_string()
+                        } else {
+                            v
+                        }
                     })
                     .collect(),
             );
@@ -81,10 +85,20 @@ fn rows_as_text(batches: &[RecordBatch]) -> Result<Vec<Vec<String>>, DataFusionE
 async fn fixture_session(dir: &Path) -> SessionContext {
     let wh = Warehouse::open(dir.to_str().unwrap(), &Default::default()).unwrap();
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/events_small.csv");
-    import_file(&wh.events(), fixture.to_str().unwrap(), &wh.s3, &ImportOptions::default(), &NoProgress)
-        .await
-        .expect("the fixture imports");
-    let options = SessionOptions { warehouse: Some(wh), target_partitions: Some(2), ..Default::default() };
+    import_file(
+        &wh.events(),
+        fixture.to_str().unwrap(),
+        &wh.s3,
+        &ImportOptions::default(),
+        &NoProgress,
+    )
+    .await
+    .expect("the fixture imports");
+    let options = SessionOptions {
+        warehouse: Some(wh),
+        target_partitions: Some(2),
+        ..Default::default()
+    };
     new_session(&options).await.unwrap()
 }
 
@@ -133,14 +147,19 @@ async fn main() {
     let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     let mut failed = 0;
     let mut passed = 0;
-    let scripts = slt_files().into_iter().map(|f| (f, false)).chain(doc_pages().into_iter().map(|p| (p, true)));
+    let scripts = slt_files()
+        .into_iter()
+        .map(|f| (f, false))
+        .chain(doc_pages().into_iter().map(|p| (p, true)));
     for (file, is_doc) in scripts {
         let name = file.file_name().unwrap().to_string_lossy().to_string();
         if filter.as_ref().is_some_and(|f| !name.contains(f.as_str())) {
             continue;
         }
         let dir = tempfile::tempdir().unwrap();
-        let db = Tidepool { ctx: fixture_session(dir.path()).await };
+        let db = Tidepool {
+            ctx: fixture_session(dir.path()).await,
+        };
         let mut runner = sqllogictest::Runner::new(move || {
             let db = db.clone();
             async move { Ok::<_, DataFusionError>(db) }

@@ -20,7 +20,11 @@ pub enum EngineError {
 
     /// The table's manifest is unreadable (written by a newer version, or damaged).
     #[error("table at '{table}' has an unreadable manifest '{path}': {reason}")]
-    BadManifest { table: String, path: String, reason: String },
+    BadManifest {
+        table: String,
+        path: String,
+        reason: String,
+    },
 
     #[error("object store: {0}")]
     ObjectStore(#[from] object_store::Error),

@@ -52,8 +52,12 @@ const US_PER_DAY: i64 = 86_400 * US_PER_SEC;
 /// Rows generated before they are written out as files.
 const CHUNK_EVENTS: usize = 2_000_000;
 
-const PLATFORMS: [(&str, f64); 4] =
-    [("web", 0.45), ("ios", 0.25), ("android", 0.22), ("miniprogram", 0.08)];
+const PLATFORMS: [(&str, f64); 4] = [
+    ("web", 0.45),
+    ("ios", 0.25),
+    ("android", 0.22),
+    ("miniprogram", 0.08),
+];
 /// Paid or owned touches: (channel, event name, weight).
 const TOUCHES: [(&str, &str, f64); 6] = [
     ("search_ads", "ad_click", 0.30),
@@ -64,18 +68,27 @@ const TOUCHES: [(&str, &str, f64); 6] = [
     ("display", "ad_click", 0.12),
 ];
 const UNPAID: [(&str, f64); 3] = [("direct", 0.45), ("organic", 0.40), ("referral", 0.15)];
-const CATEGORIES: [&str; 8] =
-    ["shoes", "dresses", "phones", "snacks", "beauty", "toys", "books", "home"];
+const CATEGORIES: [&str; 8] = [
+    "shoes", "dresses", "phones", "snacks", "beauty", "toys", "books", "home",
+];
 const PAGES: [&str; 6] = ["/", "/deals", "/new", "/category", "/help", "/account"];
-const QUERIES: [&str; 6] = ["sneakers", "summer dress", "phone case", "green tea", "lipstick", "lego"];
+const QUERIES: [&str; 6] = [
+    "sneakers",
+    "summer dress",
+    "phone case",
+    "green tea",
+    "lipstick",
+    "lego",
+];
 /// Relative chance of a session starting in each hour of the day (UTC).
 const HOURS: [f64; 24] = [
-    2.0, 1.5, 2.0, 3.0, 4.0, 5.0, 5.5, 5.5, 5.0, 5.0, 5.5, 6.0, 6.5, 7.0, 7.5, 7.0, 5.5, 4.0,
-    3.0, 2.5, 2.0, 1.5, 1.5, 2.0,
+    2.0, 1.5, 2.0, 3.0, 4.0, 5.0, 5.5, 5.5, 5.0, 5.0, 5.5, 6.0, 6.5, 7.0, 7.5, 7.0, 5.5, 4.0, 3.0,
+    2.5, 2.0, 1.5, 1.5, 2.0,
 ];
 
-const HOUR_INDEX: [usize; 24] =
-    [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23];
+const HOUR_INDEX: [usize; 24] = [
+    0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23,
+];
 
 fn pick<'a, T>(rng: &mut StdRng, items: &'a [T], weight: impl Fn(&T) -> f64) -> &'a T {
     let total: f64 = items.iter().map(&weight).sum();
@@ -149,7 +162,13 @@ struct Event<'a> {
 
 impl<'a> Event<'a> {
     fn plain(name: &'a str, properties: String) -> Self {
-        Event { name, channel: None, campaign: None, revenue: None, properties: Some(properties) }
+        Event {
+            name,
+            channel: None,
+            campaign: None,
+            revenue: None,
+            properties: Some(properties),
+        }
     }
 }
 
@@ -162,12 +181,21 @@ struct Device {
 /// Generates one person's events into `out`; `budget` events exactly.
 fn person(out: &mut Columns, rng: &mut StdRng, index: u64, budget: u64, opts: &GenOptions) {
     let days = opts.days as i64;
-    let start_us = opts.start.and_hms_opt(0, 0, 0).expect("midnight").and_utc().timestamp_micros();
+    let start_us = opts
+        .start
+        .and_hms_opt(0, 0, 0)
+        .expect("midnight")
+        .and_utc()
+        .timestamp_micros();
     let first_day = rng.random_range(0..days);
-    let device_count = 1 + (rng.random::<f64>() < 0.3) as usize + (rng.random::<f64>() < 0.1) as usize;
+    let device_count =
+        1 + (rng.random::<f64>() < 0.3) as usize + (rng.random::<f64>() < 0.1) as usize;
     let mut devices: Vec<Device> = (0..device_count)
         .map(|d| Device {
-            anon: format!("d{:012x}", (index << 2 | d as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 16),
+            anon: format!(
+                "d{:012x}",
+                (index << 2 | d as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 16
+            ),
             platform: pick(rng, &PLATFORMS, |p| p.1).0,
             logged_in: false,
         })
@@ -189,7 +217,13 @@ fn person(out: &mut Columns, rng: &mut StdRng, index: u64, budget: u64, opts: &G
         let span = (days - from_day).max(1) as f64;
         let later = Exp::new(3.0 / span).expect("positive rate");
         let mut round: Vec<i64> = (0..left.div_ceil(4))
-            .map(|i| if s == 0 && i == 0 { 0 } else { later.sample(rng) as i64 })
+            .map(|i| {
+                if s == 0 && i == 0 {
+                    0
+                } else {
+                    later.sample(rng) as i64
+                }
+            })
             .map(|offset| (from_day + offset).min(days - 1))
             .collect();
         round.sort_unstable();
@@ -198,10 +232,24 @@ fn person(out: &mut Columns, rng: &mut StdRng, index: u64, budget: u64, opts: &G
             if left == 0 {
                 break;
             }
-            session(out, rng, &mut Session {
-                index, s, day, start_us, user_id: &user_id, signup_session, signed_up: &mut signed_up,
-                devices: &mut devices, left: &mut left, props: &mut props, gap: &gap, price: &price,
-            });
+            session(
+                out,
+                rng,
+                &mut Session {
+                    index,
+                    s,
+                    day,
+                    start_us,
+                    user_id: &user_id,
+                    signup_session,
+                    signed_up: &mut signed_up,
+                    devices: &mut devices,
+                    left: &mut left,
+                    props: &mut props,
+                    gap: &gap,
+                    price: &price,
+                },
+            );
             s += 1;
         }
     }
@@ -229,7 +277,9 @@ fn session(out: &mut Columns, rng: &mut StdRng, p: &mut Session<'_>) {
     let device = rng.random_range(0..p.devices.len());
     let hour = pick(rng, &HOUR_INDEX, |h| HOURS[*h]);
     let hour = *hour as i64;
-    let mut t = start_us + day * US_PER_DAY + hour * 3_600 * US_PER_SEC
+    let mut t = start_us
+        + day * US_PER_DAY
+        + hour * 3_600 * US_PER_SEC
         + rng.random_range(0..3_600 * US_PER_SEC);
     let session_id = format!("s{index:08}-{s}");
     let mut events: Vec<Event> = vec![];
@@ -265,14 +315,20 @@ fn session(out: &mut Columns, rng: &mut StdRng, p: &mut Session<'_>) {
             events.push(Event::plain("search", format!("{{\"query\":\"{q}\"}}")));
         } else {
             let page = pick(rng, &PAGES, |_| 1.0);
-            events.push(Event::plain("page_view", format!("{{\"page\":\"{page}\"}}")));
+            events.push(Event::plain(
+                "page_view",
+                format!("{{\"page\":\"{page}\"}}"),
+            ));
         }
     }
     if rng.random::<f64>() < 0.6 {
         let item = rng.random_range(1..5_000);
         let category = CATEGORIES[item as usize % CATEGORIES.len()];
         p.props.clear();
-        let _ = write!(p.props, "{{\"item_id\":\"i{item}\",\"category\":\"{category}\"}}");
+        let _ = write!(
+            p.props,
+            "{{\"item_id\":\"i{item}\",\"category\":\"{category}\"}}"
+        );
         events.push(Event::plain("view_item", p.props.clone()));
         let boost = if touched { 0.12 } else { 0.0 };
         if rng.random::<f64>() < 0.33 + boost {
@@ -326,8 +382,10 @@ fn allocate(opts: &GenOptions) -> Vec<u64> {
     let weights: Vec<f64> = (0..opts.users).map(|_| weight.sample(&mut rng)).collect();
     let total: f64 = weights.iter().sum();
     let spare = opts.events - opts.users;
-    let mut counts: Vec<u64> =
-        weights.iter().map(|w| 1 + (spare as f64 * w / total).floor() as u64).collect();
+    let mut counts: Vec<u64> = weights
+        .iter()
+        .map(|w| 1 + (spare as f64 * w / total).floor() as u64)
+        .collect();
     let mut missing = opts.events - counts.iter().sum::<u64>();
     // Hand the rounding remainder out to the heaviest people first.
     let mut order: Vec<usize> = (0..counts.len()).collect();
@@ -384,7 +442,9 @@ pub async fn generate(
             let mut out = Columns::new();
             let mut p = start;
             while p < counts_c.len() && out.rows < CHUNK_EVENTS {
-                let mut rng = StdRng::seed_from_u64(opts_c.seed ^ (p as u64).wrapping_mul(0xA24B_AED4_963E_E407));
+                let mut rng = StdRng::seed_from_u64(
+                    opts_c.seed ^ (p as u64).wrapping_mul(0xA24B_AED4_963E_E407),
+                );
                 person(&mut out, &mut rng, p as u64, counts_c[p], &opts_c);
                 p += 1;
             }
@@ -394,7 +454,9 @@ pub async fn generate(
         .map_err(|e| EngineError::invalid(format!("generator failed: {e}")))??;
         next_person = end;
         let rows = batch.num_rows() as u64;
-        files.extend(writer::write_data_files(&table.location, batch, &batch_id, &write_options).await?);
+        files.extend(
+            writer::write_data_files(&table.location, batch, &batch_id, &write_options).await?,
+        );
         progress.advance(rows);
     }
     progress.finish();
@@ -409,7 +471,10 @@ pub async fn generate(
         committed_at: chrono::Utc::now().to_rfc3339(),
     };
     if std::env::var(crate::table::FAILPOINT_ENV).as_deref() == Ok("before_commit") {
-        eprintln!("{}=before_commit: aborting before the manifest commit", crate::table::FAILPOINT_ENV);
+        eprintln!(
+            "{}=before_commit: aborting before the manifest commit",
+            crate::table::FAILPOINT_ENV
+        );
         std::process::abort();
     }
     match table.commit(files, record, &[]).await? {
@@ -453,8 +518,15 @@ mod tests {
         person(&mut out, &mut rng, 3, 250, &o);
         let batch = out.finish().unwrap();
         assert_eq!(batch.num_rows(), 250);
-        let t = arrow::array::AsArray::as_primitive::<arrow::datatypes::TimestampMicrosecondType>(batch.column(0));
-        let start = o.start.and_hms_opt(0, 0, 0).unwrap().and_utc().timestamp_micros();
+        let t = arrow::array::AsArray::as_primitive::<arrow::datatypes::TimestampMicrosecondType>(
+            batch.column(0),
+        );
+        let start = o
+            .start
+            .and_hms_opt(0, 0, 0)
+            .unwrap()
+            .and_utc()
+            .timestamp_micros();
         let end = start + (o.days as i64 + 1) * US_PER_DAY;
         assert!(t.values().iter().all(|v| *v >= start && *v < end));
     }

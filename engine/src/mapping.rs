@@ -32,13 +32,22 @@ impl ColumnMapping {
                 .ok_or_else(|| {
                     EngineError::invalid(format!(
                         "bad {what} '{spec}': expected TARGET={}",
-                        if what == "constant" { "VALUE" } else { "SOURCE" }
+                        if what == "constant" {
+                            "VALUE"
+                        } else {
+                            "SOURCE"
+                        }
                     ))
                 })
         };
-        let columns = columns.iter().map(|c| split(c, "mapping")).collect::<Result<Vec<_>>>()?;
-        let constants =
-            constants.iter().map(|c| split(c, "constant")).collect::<Result<Vec<_>>>()?;
+        let columns = columns
+            .iter()
+            .map(|c| split(c, "mapping"))
+            .collect::<Result<Vec<_>>>()?;
+        let constants = constants
+            .iter()
+            .map(|c| split(c, "constant"))
+            .collect::<Result<Vec<_>>>()?;
         let mapping = ColumnMapping { columns, constants };
         let mut seen = std::collections::HashSet::new();
         for target in mapping.targets() {
@@ -59,12 +68,19 @@ impl ColumnMapping {
     }
 
     fn targets(&self) -> impl Iterator<Item = &str> {
-        self.columns.iter().chain(&self.constants).map(|(t, _)| t.as_str())
+        self.columns
+            .iter()
+            .chain(&self.constants)
+            .map(|(t, _)| t.as_str())
     }
 
     /// Where `target` comes from, given the source's column names: an explicit mapping,
     /// a constant, a source column of the same name, or (for anonymous_id) the user id.
-    pub fn source_of<'a>(&'a self, target: &'a str, source_columns: &[&'a str]) -> ColumnSource<'a> {
+    pub fn source_of<'a>(
+        &'a self,
+        target: &'a str,
+        source_columns: &[&'a str],
+    ) -> ColumnSource<'a> {
         if let Some((_, s)) = self.columns.iter().find(|(t, _)| t == target) {
             return ColumnSource::Column(s);
         }
@@ -95,7 +111,11 @@ impl ColumnMapping {
         }
         for required in [EVENT_TIME, EVENT_NAME, ANONYMOUS_ID] {
             if self.source_of(required, source_columns) == ColumnSource::Missing {
-                let hint = if required == ANONYMOUS_ID { " or user_id" } else { "" };
+                let hint = if required == ANONYMOUS_ID {
+                    " or user_id"
+                } else {
+                    ""
+                };
                 return Err(EngineError::invalid(format!(
                     "{source_name}: no column for '{required}'{hint}; map one with \
                      --map {required}=SOURCE_COLUMN (the source has: {})",
@@ -132,10 +152,22 @@ mod tests {
         )
         .unwrap();
         let cols = ["uid", "item", "behavior", "timestamp", "channel"];
-        assert_eq!(m.source_of("event_name", &cols), ColumnSource::Column("behavior"));
-        assert_eq!(m.source_of("channel", &cols), ColumnSource::Column("channel"));
-        assert_eq!(m.source_of("anonymous_id", &cols), ColumnSource::Column("uid"));
-        assert_eq!(m.source_of("platform", &cols), ColumnSource::Constant("app"));
+        assert_eq!(
+            m.source_of("event_name", &cols),
+            ColumnSource::Column("behavior")
+        );
+        assert_eq!(
+            m.source_of("channel", &cols),
+            ColumnSource::Column("channel")
+        );
+        assert_eq!(
+            m.source_of("anonymous_id", &cols),
+            ColumnSource::Column("uid")
+        );
+        assert_eq!(
+            m.source_of("platform", &cols),
+            ColumnSource::Constant("app")
+        );
         assert_eq!(m.source_of("campaign", &cols), ColumnSource::Missing);
         assert_eq!(m.unmapped(&cols), vec!["item"]);
         m.validate(&cols, "f.csv").unwrap();
@@ -145,13 +177,26 @@ mod tests {
     fn missing_and_bad_mappings_are_named() {
         let m = ColumnMapping::parse(&strings(&["event_name=nope"]), &[]).unwrap();
         let err = m.validate(&["a", "b"], "f.csv").unwrap_err().to_string();
-        assert!(err.contains("event_name=nope names a column the source does not have"), "{err}");
+        assert!(
+            err.contains("event_name=nope names a column the source does not have"),
+            "{err}"
+        );
         let m = ColumnMapping::parse(&[], &[]).unwrap();
-        let err = m.validate(&["event_name", "event_time"], "f.csv").unwrap_err().to_string();
-        assert!(err.contains("no column for 'anonymous_id' or user_id"), "{err}");
-        let err = ColumnMapping::parse(&strings(&["x"]), &[]).unwrap_err().to_string();
+        let err = m
+            .validate(&["event_name", "event_time"], "f.csv")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("no column for 'anonymous_id' or user_id"),
+            "{err}"
+        );
+        let err = ColumnMapping::parse(&strings(&["x"]), &[])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("expected TARGET=SOURCE"), "{err}");
-        let err = ColumnMapping::parse(&strings(&["a=b", "a=c"]), &[]).unwrap_err().to_string();
+        let err = ColumnMapping::parse(&strings(&["a=b", "a=c"]), &[])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("mapped more than once"), "{err}");
     }
 }

@@ -58,7 +58,10 @@ pub async fn new_session(options: &SessionOptions) -> Result<SessionContext> {
         register_location(&ctx, &wh.root);
         let events = wh.events();
         let manifest = events.manifest().await?;
-        ctx.register_table(EVENTS_TABLE, Arc::new(EventsProvider::new(events.location, &manifest)))?;
+        ctx.register_table(
+            EVENTS_TABLE,
+            Arc::new(EventsProvider::new(events.location, &manifest)),
+        )?;
         for ext in wh.external_tables().await? {
             let provider = external_event_table(&ctx, &ext, &options.s3).await?;
             ctx.register_table(ext.name.as_str(), provider)?;
@@ -170,18 +173,31 @@ fn time_expr(column: Expr, from: &DataType, unit: TimeUnitSpec) -> Result<Expr> 
             TimeUnitSpec::Nanos => cast(column.clone(), DataType::Int64) / lit(1_000i64),
             TimeUnitSpec::Auto => {
                 // The same magnitude rule as import, per value.
-                let magnitude = datafusion::functions::math::expr_fn::abs(cast(column.clone(), DataType::Int64));
-                when(magnitude.clone().lt(lit(100_000_000_000i64)), micros(1_000_000))
-                    .when(magnitude.clone().lt(lit(100_000_000_000_000i64)), micros(1_000))
-                    .when(magnitude.lt(lit(100_000_000_000_000_000i64)), micros(1))
-                    .otherwise(cast(column.clone(), DataType::Int64) / lit(1_000i64))?
+                let magnitude = datafusion::functions::math::expr_fn::abs(cast(
+                    column.clone(),
+                    DataType::Int64,
+                ));
+                when(
+                    magnitude.clone().lt(lit(100_000_000_000i64)),
+                    micros(1_000_000),
+                )
+                .when(
+                    magnitude.clone().lt(lit(100_000_000_000_000i64)),
+                    micros(1_000),
+                )
+                .when(magnitude.lt(lit(100_000_000_000_000_000i64)), micros(1))
+                .otherwise(cast(column.clone(), DataType::Int64) / lit(1_000i64))?
             }
         };
         return Ok(cast(value, target));
     }
     match from {
-        DataType::Timestamp(_, _) | DataType::Date32 | DataType::Date64 | DataType::Utf8
-        | DataType::LargeUtf8 | DataType::Utf8View => Ok(cast(column, target)),
+        DataType::Timestamp(_, _)
+        | DataType::Date32
+        | DataType::Date64
+        | DataType::Utf8
+        | DataType::LargeUtf8
+        | DataType::Utf8View => Ok(cast(column, target)),
         other => Err(EngineError::invalid(format!(
             "an event time column of type {other} cannot be read as a timestamp"
         ))),

@@ -59,22 +59,29 @@ impl Location {
                 return Err(invalid("missing bucket name (expected s3://bucket/prefix)"));
             }
             let store = s3_store(bucket, s3).map_err(|e| invalid(&e.to_string()))?;
-            let prefix = Path::parse(prefix.trim_end_matches('/'))
-                .map_err(|e| invalid(&e.to_string()))?;
+            let prefix =
+                Path::parse(prefix.trim_end_matches('/')).map_err(|e| invalid(&e.to_string()))?;
             let store_url = ObjectStoreUrl::parse(format!("s3://{bucket}"))?;
             let url = if prefix.as_ref().is_empty() {
                 format!("s3://{bucket}")
             } else {
                 format!("s3://{bucket}/{prefix}")
             };
-            return Ok(Location { url, store_url, store, prefix });
+            return Ok(Location {
+                url,
+                store_url,
+                store,
+                prefix,
+            });
         }
         let local = if url_or_path.starts_with("file://") {
             let url = Url::parse(url_or_path).map_err(|e| invalid(&e.to_string()))?;
             url.to_file_path()
                 .map_err(|_| invalid("not a local file URL (expected file:///absolute/path)"))?
         } else if url_or_path.contains("://") {
-            return Err(invalid("unsupported scheme (use a local path, file:// or s3://)"));
+            return Err(invalid(
+                "unsupported scheme (use a local path, file:// or s3://)",
+            ));
         } else {
             std::path::PathBuf::from(url_or_path)
         };
@@ -140,7 +147,10 @@ fn normalize(path: &std::path::Path) -> std::path::PathBuf {
 
 fn s3_store(bucket: &str, opts: &S3Options) -> object_store::Result<Arc<dyn ObjectStore>> {
     let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
-    let endpoint = opts.endpoint.clone().or_else(|| std::env::var("AWS_ENDPOINT_URL").ok());
+    let endpoint = opts
+        .endpoint
+        .clone()
+        .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok());
     if let Some(endpoint) = &endpoint {
         builder = builder.with_endpoint(endpoint);
         if endpoint.starts_with("http://") {
@@ -178,7 +188,10 @@ mod tests {
         let loc = Location::parse("/tmp/wh", &S3Options::default()).unwrap();
         assert_eq!(loc.url, "file:///tmp/wh");
         assert_eq!(loc.prefix.as_ref(), "tmp/wh");
-        assert_eq!(loc.child("events/_log").prefix.as_ref(), "tmp/wh/events/_log");
+        assert_eq!(
+            loc.child("events/_log").prefix.as_ref(),
+            "tmp/wh/events/_log"
+        );
         let same = Location::parse("file:///tmp/wh/", &S3Options::default()).unwrap();
         assert_eq!(same.prefix, loc.prefix);
         let dotted = Location::parse("/tmp/x/../wh/./", &S3Options::default()).unwrap();

@@ -7,8 +7,8 @@
 //! <warehouse>/_catalog/external/<name>.json       registered read-only event tables
 //! ```
 
-use object_store::ObjectStoreExt as _;
 use futures::TryStreamExt;
+use object_store::ObjectStoreExt as _;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{EngineError, Result};
@@ -40,7 +40,10 @@ pub struct ExternalTable {
 
 impl Warehouse {
     pub fn open(url: &str, s3: &S3Options) -> Result<Self> {
-        Ok(Warehouse { root: Location::parse(url, s3)?, s3: s3.clone() })
+        Ok(Warehouse {
+            root: Location::parse(url, s3)?,
+            s3: s3.clone(),
+        })
     }
 
     pub fn events(&self) -> EventTable {
@@ -72,11 +75,15 @@ impl Warehouse {
     pub async fn add_external_table(&self, table: &ExternalTable) -> Result<()> {
         check_table_name(&table.name)?;
         if table.name == EVENTS_TABLE {
-            return Err(EngineError::invalid("'events' is the table tidepool writes; pick another name"));
+            return Err(EngineError::invalid(
+                "'events' is the table tidepool writes; pick another name",
+            ));
         }
         let body = serde_json::to_vec_pretty(table).expect("serialisable");
         let dir = self.external_dir();
-        dir.store.put(&dir.path(&format!("{}.json", table.name)), body.into()).await?;
+        dir.store
+            .put(&dir.path(&format!("{}.json", table.name)), body.into())
+            .await?;
         Ok(())
     }
 

@@ -6,7 +6,8 @@ use std::process::{Command, Output};
 
 pub fn bin() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tidepool"));
-    cmd.env_remove("TIDEPOOL_WAREHOUSE").env_remove("TIDEPOOL_FAILPOINT");
+    cmd.env_remove("TIDEPOOL_WAREHOUSE")
+        .env_remove("TIDEPOOL_FAILPOINT");
     cmd
 }
 

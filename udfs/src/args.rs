@@ -18,21 +18,33 @@ pub fn literal(function: &str, expr: &Arc<dyn PhysicalExpr>, what: &str) -> Resu
     match expr.downcast_ref::<Literal>() {
         Some(lit) if !lit.value().is_null() => Ok(lit.value().clone()),
         Some(_) => Err(plan_err(function, format!("{what} must not be NULL"))),
-        None => Err(plan_err(function, format!("{what} must be a literal, not {expr}"))),
+        None => Err(plan_err(
+            function,
+            format!("{what} must be a literal, not {expr}"),
+        )),
     }
 }
 
 /// The text of a string literal argument.
 pub fn string_literal(function: &str, expr: &Arc<dyn PhysicalExpr>, what: &str) -> Result<String> {
     match literal(function, expr, what)? {
-        ScalarValue::Utf8(Some(s)) | ScalarValue::Utf8View(Some(s)) | ScalarValue::LargeUtf8(Some(s)) => Ok(s),
-        other => Err(plan_err(function, format!("{what} must be a string literal, got {}", other.data_type()))),
+        ScalarValue::Utf8(Some(s))
+        | ScalarValue::Utf8View(Some(s))
+        | ScalarValue::LargeUtf8(Some(s)) => Ok(s),
+        other => Err(plan_err(
+            function,
+            format!("{what} must be a string literal, got {}", other.data_type()),
+        )),
     }
 }
 
 /// Condition arguments from index `first` on must be booleans (NULL literals become
 /// booleans); returns the coerced types.
-pub fn coerce_conditions(function: &str, types: &[DataType], first: usize) -> Result<Vec<DataType>> {
+pub fn coerce_conditions(
+    function: &str,
+    types: &[DataType],
+    first: usize,
+) -> Result<Vec<DataType>> {
     let mut out = types.to_vec();
     for (i, t) in types.iter().enumerate().skip(first) {
         match t {
@@ -41,7 +53,11 @@ pub fn coerce_conditions(function: &str, types: &[DataType], first: usize) -> Re
             other => {
                 return Err(plan_err(
                     function,
-                    format!("argument {} (cond{}) must be a boolean, got {other}", i + 1, i + 1 - first),
+                    format!(
+                        "argument {} (cond{}) must be a boolean, got {other}",
+                        i + 1,
+                        i + 1 - first
+                    ),
                 ))
             }
         }

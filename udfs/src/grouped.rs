@@ -16,7 +16,10 @@ pub struct GroupedEvents<T> {
 
 impl<T> Default for GroupedEvents<T> {
     fn default() -> Self {
-        GroupedEvents { entries: vec![], groups: 0 }
+        GroupedEvents {
+            entries: vec![],
+            groups: 0,
+        }
     }
 }
 
@@ -36,7 +39,9 @@ impl<T: Copy> GroupedEvents<T> {
     /// where a comparison sort of the whole buffer would not be.
     pub fn sort_by_key<K: Ord>(&mut self, key: impl Fn(&T) -> K + Copy) {
         let entries = &mut self.entries;
-        let in_order = entries.windows(2).all(|w| (w[0].0, key(&w[0].1)) <= (w[1].0, key(&w[1].1)));
+        let in_order = entries
+            .windows(2)
+            .all(|w| (w[0].0, key(&w[0].1)) <= (w[1].0, key(&w[1].1)));
         if in_order {
             return;
         }
@@ -75,10 +80,17 @@ impl<T: Copy> GroupedEvents<T> {
 
     /// Remove and return the sorted entries of the groups `emit_to` names, with their
     /// count; the groups left are renumbered from 0.
-    pub fn take<K: Ord>(&mut self, emit_to: EmitTo, key: impl Fn(&T) -> K + Copy) -> (Vec<(u32, T)>, usize) {
+    pub fn take<K: Ord>(
+        &mut self,
+        emit_to: EmitTo,
+        key: impl Fn(&T) -> K + Copy,
+    ) -> (Vec<(u32, T)>, usize) {
         self.sort_by_key(key);
         match emit_to {
-            EmitTo::All => (std::mem::take(&mut self.entries), std::mem::take(&mut self.groups)),
+            EmitTo::All => (
+                std::mem::take(&mut self.entries),
+                std::mem::take(&mut self.groups),
+            ),
             EmitTo::First(n) => {
                 let split = self.entries.partition_point(|e| (e.0 as usize) < n);
                 let mut rest = self.entries.split_off(split);
@@ -157,7 +169,10 @@ mod tests {
         for (group, v) in [(2, 5), (0, 3), (2, 1), (1, 9), (0, 1), (2, 3)] {
             g.push(group, v);
         }
-        assert_eq!(g.sorted(|v| *v), &[(0, 1), (0, 3), (1, 9), (2, 1), (2, 3), (2, 5)]);
+        assert_eq!(
+            g.sorted(|v| *v),
+            &[(0, 1), (0, 3), (1, 9), (2, 1), (2, 3), (2, 5)]
+        );
         let lengths: Vec<usize> = runs(g.sorted(|v| *v), 3).map(|r| r.len()).collect();
         assert_eq!(lengths, vec![2, 1, 3]);
         let (first, n) = g.take(EmitTo::First(2), |v| *v);

@@ -7,7 +7,7 @@ use arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, BooleanBuilder, Float64Builder, Int64Builder,
     RecordBatch, StringArray, StringBuilder, TimestampMicrosecondBuilder,
 };
-use arrow::compute::{cast, can_cast_types};
+use arrow::compute::{can_cast_types, cast};
 use arrow::datatypes::{DataType, Float64Type, Int64Type, TimeUnit};
 use chrono::{DateTime, NaiveDate, NaiveDateTime};
 use serde::{Deserialize, Serialize};
@@ -111,9 +111,18 @@ pub fn convert(
                 let input = raw.column_by_name(src).expect("validated by the mapping");
                 let mut errs = vec![];
                 let out = convert_column(input, ty, time_unit, &mut |row, value, message| {
-                    errs.push(RowError { row, column: src.to_string(), value, message })
+                    errs.push(RowError {
+                        row,
+                        column: src.to_string(),
+                        value,
+                        message,
+                    })
                 })?;
-                let out = if target == PROPERTIES { check_json(out, src, &mut errs) } else { out };
+                let out = if target == PROPERTIES {
+                    check_json(out, src, &mut errs)
+                } else {
+                    out
+                };
                 if !nullable {
                     for row in (0..rows).filter(|r| out.is_null(*r)) {
                         if !errs.iter().any(|e| e.row == row) {
@@ -167,9 +176,17 @@ pub fn convert(
                 })?,
             };
             let out = convert_column(input, ty, time_unit, &mut |row, value, message| {
-                errors.push(RowError { row, column: src.to_string(), value, message })
+                errors.push(RowError {
+                    row,
+                    column: src.to_string(),
+                    value,
+                    message,
+                })
             })?;
-            extras.push(ExtraColumn { name: src.to_string(), column_type: ty });
+            extras.push(ExtraColumn {
+                name: src.to_string(),
+                column_type: ty,
+            });
             columns.push(out);
         }
     }
@@ -198,12 +215,19 @@ pub fn convert(
     ));
     let batch = RecordBatch::try_new(relaxed, final_columns)?;
     errors.sort_by_key(|e| e.row);
-    Ok(Converted { batch, extra_columns: ordered_extras, errors })
+    Ok(Converted {
+        batch,
+        extra_columns: ordered_extras,
+        errors,
+    })
 }
 
 /// Restore the strict events schema after bad rows are gone.
 pub fn strict(batch: RecordBatch, extras: &[ExtraColumn]) -> Result<RecordBatch> {
-    Ok(RecordBatch::try_new(events_schema(extras), batch.columns().to_vec())?)
+    Ok(RecordBatch::try_new(
+        events_schema(extras),
+        batch.columns().to_vec(),
+    )?)
 }
 
 fn repeat(one: &ArrayRef, rows: usize) -> Result<ArrayRef> {
@@ -300,7 +324,9 @@ fn parse_text(
 ) -> ArrayRef {
     let n = text.len();
     // Empty text is a missing value in every column.
-    let values = text.iter().map(|v| v.map(str::trim).filter(|v| !v.is_empty()));
+    let values = text
+        .iter()
+        .map(|v| v.map(str::trim).filter(|v| !v.is_empty()));
     macro_rules! parse_with {
         ($builder:expr, $parse:expr, $what:expr) => {{
             let mut b = $builder;
@@ -340,7 +366,11 @@ fn parse_text(
             |s: &str| s.parse::<f64>().ok(),
             "not a number"
         ),
-        ColumnType::Boolean => parse_with!(BooleanBuilder::with_capacity(n), parse_bool, "not a boolean (true/false)"),
+        ColumnType::Boolean => parse_with!(
+            BooleanBuilder::with_capacity(n),
+            parse_bool,
+            "not a boolean (true/false)"
+        ),
         ColumnType::Timestamp => parse_with!(
             TimestampMicrosecondBuilder::with_capacity(n).with_timezone(UTC),
             |s: &str| parse_timestamp(s, unit),
@@ -379,14 +409,22 @@ pub fn parse_timestamp(s: &str, unit: TimeUnitSpec) -> Option<i64> {
             return Some(t.timestamp_micros());
         }
     }
-    for fmt in ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M"] {
+    for fmt in [
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M",
+        "%Y-%m-%dT%H:%M",
+    ] {
         if let Ok(t) = NaiveDateTime::parse_from_str(s, fmt) {
             return Some(t.and_utc().timestamp_micros());
         }
     }
-    NaiveDate::parse_from_str(s, "%Y-%m-%d")
-        .ok()
-        .map(|d| d.and_hms_opt(0, 0, 0).expect("midnight").and_utc().timestamp_micros())
+    NaiveDate::parse_from_str(s, "%Y-%m-%d").ok().map(|d| {
+        d.and_hms_opt(0, 0, 0)
+            .expect("midnight")
+            .and_utc()
+            .timestamp_micros()
+    })
 }
 
 /// `properties` holds JSON text: values that do not parse are errors.
@@ -428,7 +466,12 @@ pub fn infer_type(input: &ArrayRef) -> Option<ColumnType> {
     let Ok(Some(text)) = text_values(input) else {
         return can_cast_types(dt, &DataType::Utf8).then_some(ColumnType::Utf8);
     };
-    let values: Vec<&str> = text.iter().flatten().map(str::trim).filter(|v| !v.is_empty()).collect();
+    let values: Vec<&str> = text
+        .iter()
+        .flatten()
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .collect();
     if values.is_empty() {
         return Some(ColumnType::Utf8);
     }
@@ -443,7 +486,10 @@ pub fn infer_type(input: &ArrayRef) -> Option<ColumnType> {
         Some(ColumnType::Int64)
     } else if values.iter().all(|v| v.parse::<f64>().is_ok()) {
         Some(ColumnType::Float64)
-    } else if values.iter().all(|v| matches!(v.to_ascii_lowercase().as_str(), "true" | "false")) {
+    } else if values
+        .iter()
+        .all(|v| matches!(v.to_ascii_lowercase().as_str(), "true" | "false"))
+    {
         Some(ColumnType::Boolean)
     } else {
         Some(ColumnType::Utf8)

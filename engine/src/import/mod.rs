@@ -9,9 +9,9 @@
 pub mod convert;
 pub mod read;
 
-use object_store::ObjectStoreExt as _;
 use arrow::array::{Array, AsArray};
 use futures::StreamExt;
+use object_store::ObjectStoreExt as _;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -129,7 +129,11 @@ pub async fn import_file(
         let bad_rows = count_rows(&converted.errors);
         let Some(rejects) = &opts.rejects else {
             let first = &converted.errors[0];
-            let value = first.value.as_ref().map(|v| format!(" (value '{v}')")).unwrap_or_default();
+            let value = first
+                .value
+                .as_ref()
+                .map(|v| format!(" (value '{v}')"))
+                .unwrap_or_default();
             let more = match bad_rows - 1 {
                 0 => String::new(),
                 1 => "; 1 more bad row".to_string(),
@@ -164,7 +168,12 @@ pub async fn import_file(
         committed_at: chrono::Utc::now().to_rfc3339(),
     };
     let outcome = table
-        .append(batch, record, &converted.extra_columns, &WriteOptions::default())
+        .append(
+            batch,
+            record,
+            &converted.extra_columns,
+            &WriteOptions::default(),
+        )
         .await?;
     progress.advance(report.rows_imported);
     progress.finish();
@@ -241,7 +250,9 @@ async fn write_rejects(
         let mut problems = vec![];
         while i < errors.len() && errors[i].row == row {
             let e = &errors[i];
-            problems.push(serde_json::json!({"column": e.column, "value": e.value, "error": e.message}));
+            problems.push(
+                serde_json::json!({"column": e.column, "value": e.value, "error": e.message}),
+            );
             i += 1;
         }
         let record: serde_json::Map<String, serde_json::Value> = schema
@@ -250,7 +261,11 @@ async fn write_rejects(
             .zip(&as_text)
             .map(|(f, col)| {
                 let text = col.as_string::<i32>();
-                let v = if text.is_null(row) { serde_json::Value::Null } else { text.value(row).into() };
+                let v = if text.is_null(row) {
+                    serde_json::Value::Null
+                } else {
+                    text.value(row).into()
+                };
                 (f.name().clone(), v)
             })
             .collect();
@@ -267,4 +282,3 @@ async fn write_rejects(
     loc.store.put(&loc.prefix, out.into_bytes().into()).await?;
     Ok(())
 }
-

@@ -56,7 +56,11 @@ pub struct CsvOptions {
 
 impl Default for CsvOptions {
     fn default() -> Self {
-        CsvOptions { header: true, columns: None, delimiter: b',' }
+        CsvOptions {
+            header: true,
+            columns: None,
+            delimiter: b',',
+        }
     }
 }
 
@@ -100,7 +104,10 @@ pub fn read_input(
 }
 
 fn bad(name: &str, message: impl Into<String>) -> EngineError {
-    EngineError::BadInput { location: name.to_string(), message: message.into() }
+    EngineError::BadInput {
+        location: name.to_string(),
+        message: message.into(),
+    }
 }
 
 fn read_csv(name: &str, bytes: Bytes, opts: &CsvOptions) -> Result<RawInput> {
@@ -124,7 +131,9 @@ fn read_csv(name: &str, bytes: Bytes, opts: &CsvOptions) -> Result<RawInput> {
         (Some(cols), _) => cols.clone(),
         (None, true) => header_names,
         (None, false) => {
-            let n = csv_first_record(&bytes, opts.delimiter).map(|r| r.len()).unwrap_or(0);
+            let n = csv_first_record(&bytes, opts.delimiter)
+                .map(|r| r.len())
+                .unwrap_or(0);
             (1..=n).map(|i| format!("column_{i}")).collect()
         }
     };
@@ -134,11 +143,17 @@ fn read_csv(name: &str, bytes: Bytes, opts: &CsvOptions) -> Result<RawInput> {
     let mut seen = std::collections::HashSet::new();
     for n in &names {
         if !seen.insert(n) {
-            return Err(bad(name, format!("column '{n}' appears twice in the header")));
+            return Err(bad(
+                name,
+                format!("column '{n}' appears twice in the header"),
+            ));
         }
     }
     let schema = Arc::new(Schema::new(
-        names.iter().map(|n| Field::new(n, DataType::Utf8, true)).collect::<Vec<_>>(),
+        names
+            .iter()
+            .map(|n| Field::new(n, DataType::Utf8, true))
+            .collect::<Vec<_>>(),
     ));
     let reader = arrow::csv::ReaderBuilder::new(Arc::clone(&schema))
         .with_header(opts.header)
@@ -153,7 +168,9 @@ fn read_csv(name: &str, bytes: Bytes, opts: &CsvOptions) -> Result<RawInput> {
     let batch = arrow::compute::concat_batches(&schema, &batches)?;
     Ok(RawInput {
         batch,
-        origin: RowOrigin::Lines { first_line: if opts.header { 2 } else { 1 } },
+        origin: RowOrigin::Lines {
+            first_line: if opts.header { 2 } else { 1 },
+        },
     })
 }
 
@@ -175,7 +192,13 @@ fn csv_first_record(bytes: &[u8], delimiter: u8) -> Option<Vec<String>> {
 
 fn read_ndjson(name: &str, bytes: &[u8]) -> Result<RawInput> {
     let text = std::str::from_utf8(bytes).map_err(|e| {
-        bad(name, format!("not UTF-8 text (byte {}): NDJSON must be UTF-8", e.valid_up_to()))
+        bad(
+            name,
+            format!(
+                "not UTF-8 text (byte {}): NDJSON must be UTF-8",
+                e.valid_up_to()
+            ),
+        )
     })?;
     let mut names: Vec<String> = vec![];
     let mut builders: Vec<StringBuilder> = vec![];
@@ -186,7 +209,10 @@ fn read_ndjson(name: &str, bytes: &[u8]) -> Result<RawInput> {
             continue;
         }
         let value: serde_json::Value = serde_json::from_str(line).map_err(|e| {
-            bad(&format!("{name}: line {line_no}"), format!("invalid JSON: {e}"))
+            bad(
+                &format!("{name}: line {line_no}"),
+                format!("invalid JSON: {e}"),
+            )
         })?;
         let serde_json::Value::Object(object) = value else {
             return Err(bad(
@@ -227,10 +253,15 @@ fn read_ndjson(name: &str, bytes: &[u8]) -> Result<RawInput> {
         return Err(bad(name, "the file has no JSON objects"));
     }
     let schema = Arc::new(Schema::new(
-        names.iter().map(|n| Field::new(n, DataType::Utf8, true)).collect::<Vec<_>>(),
+        names
+            .iter()
+            .map(|n| Field::new(n, DataType::Utf8, true))
+            .collect::<Vec<_>>(),
     ));
-    let columns: Vec<ArrayRef> =
-        builders.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef).collect();
+    let columns: Vec<ArrayRef> = builders
+        .iter_mut()
+        .map(|b| Arc::new(b.finish()) as ArrayRef)
+        .collect();
     Ok(RawInput {
         batch: RecordBatch::try_new(schema, columns)?,
         origin: RowOrigin::ExplicitLines(lines),
@@ -268,7 +299,11 @@ mod tests {
 
     #[test]
     fn csv_without_header_gets_given_names() {
-        let opts = CsvOptions { header: false, columns: Some(vec!["u".into(), "t".into()]), delimiter: b',' };
+        let opts = CsvOptions {
+            header: false,
+            columns: Some(vec!["u".into(), "t".into()]),
+            delimiter: b',',
+        };
         let raw = read_input("f.csv", Bytes::from("1,2\n3,4\n"), InputFormat::Csv, &opts).unwrap();
         assert_eq!(raw.batch.schema().field(1).name(), "t");
         assert_eq!(raw.batch.num_rows(), 2);
@@ -289,7 +324,13 @@ mod tests {
     #[test]
     fn ndjson_keeps_nested_values_as_json_and_skips_blank_lines() {
         let data = Bytes::from("{\"a\":1,\"p\":{\"k\":[1,2]}}\n\n{\"b\":\"x\"}\n");
-        let raw = read_input("f.ndjson", data, InputFormat::Ndjson, &CsvOptions::default()).unwrap();
+        let raw = read_input(
+            "f.ndjson",
+            data,
+            InputFormat::Ndjson,
+            &CsvOptions::default(),
+        )
+        .unwrap();
         let b = &raw.batch;
         assert_eq!(b.num_rows(), 2);
         let p = b.column_by_name("p").unwrap().as_string::<i32>();
@@ -304,19 +345,32 @@ mod tests {
     #[test]
     fn ndjson_syntax_errors_name_the_line() {
         let data = Bytes::from("{\"a\":1}\n{\"a\":\n");
-        let err = read_input("f.ndjson", data, InputFormat::Ndjson, &CsvOptions::default())
-            .err()
-            .unwrap()
-            .to_string();
+        let err = read_input(
+            "f.ndjson",
+            data,
+            InputFormat::Ndjson,
+            &CsvOptions::default(),
+        )
+        .err()
+        .unwrap()
+        .to_string();
         assert!(err.starts_with("f.ndjson: line 2: invalid JSON"), "{err}");
     }
 
     #[test]
     fn a_file_that_is_not_parquet_is_named() {
-        let err = read_input("x.parquet", Bytes::from("nope"), InputFormat::Parquet, &CsvOptions::default())
-            .err()
-            .unwrap()
-            .to_string();
-        assert!(err.starts_with("x.parquet: not a readable Parquet file"), "{err}");
+        let err = read_input(
+            "x.parquet",
+            Bytes::from("nope"),
+            InputFormat::Parquet,
+            &CsvOptions::default(),
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(
+            err.starts_with("x.parquet: not a readable Parquet file"),
+            "{err}"
+        );
     }
 }

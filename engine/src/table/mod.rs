@@ -4,9 +4,9 @@ pub mod manifest;
 pub mod provider;
 pub mod writer;
 
-use object_store::ObjectStoreExt as _;
 use arrow::array::RecordBatch;
 use futures::TryStreamExt;
+use object_store::ObjectStoreExt as _;
 use object_store::{PutMode, PutOptions};
 
 use crate::error::{EngineError, Result};
@@ -23,7 +23,9 @@ pub const FAILPOINT_ENV: &str = "TIDEPOOL_FAILPOINT";
 /// What a commit did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CommitOutcome {
-    Committed { version: u64 },
+    Committed {
+        version: u64,
+    },
     /// The batch id was already in the table; nothing changed.
     AlreadyCommitted,
 }
@@ -70,7 +72,10 @@ impl EventTable {
             )));
         }
         if m.version != version {
-            return Err(bad(format!("names version {} but is stored as {version}", m.version)));
+            return Err(bad(format!(
+                "names version {} but is stored as {version}",
+                m.version
+            )));
         }
         Ok(m)
     }
@@ -101,7 +106,11 @@ impl EventTable {
         if !matches!(outcome, Ok(CommitOutcome::Committed { .. })) {
             // Nobody can see these files; remove them so they do not linger.
             for f in &files {
-                let _ = self.location.store.delete(&self.location.path(&f.path)).await;
+                let _ = self
+                    .location
+                    .store
+                    .delete(&self.location.path(&f.path))
+                    .await;
             }
         }
         outcome
@@ -126,14 +135,20 @@ impl EventTable {
             next.files.extend(files.iter().cloned());
             next.batches.push(record.clone());
             let body = serde_json::to_vec_pretty(&next).expect("manifest serialises");
-            let path = self.location.path(&format!("_log/{}", manifest::log_name(next.version)));
+            let path = self
+                .location
+                .path(&format!("_log/{}", manifest::log_name(next.version)));
             let put = self
                 .location
                 .store
                 .put_opts(&path, body.into(), PutOptions::from(PutMode::Create))
                 .await;
             match put {
-                Ok(_) => return Ok(CommitOutcome::Committed { version: next.version }),
+                Ok(_) => {
+                    return Ok(CommitOutcome::Committed {
+                        version: next.version,
+                    })
+                }
                 // Another writer took this version: read theirs and try again on top.
                 Err(object_store::Error::AlreadyExists { .. })
                 | Err(object_store::Error::Precondition { .. }) => continue,

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use datafusion::catalog::Session;
 use datafusion::common::stats::Precision;
@@ -17,7 +18,6 @@ use datafusion::error::Result;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::ExecutionPlan;
-use arrow::datatypes::SchemaRef;
 
 use super::manifest::{DataFile, Manifest};
 use crate::schema::{events_schema, EVENT_TIME, UTC};
@@ -41,7 +41,12 @@ impl EventsProvider {
     }
 
     fn file_statistics(&self, file: &DataFile) -> Statistics {
-        let time = |us| Precision::Exact(ScalarValue::TimestampMicrosecond(Some(us), Some(UTC.into())));
+        let time = |us| {
+            Precision::Exact(ScalarValue::TimestampMicrosecond(
+                Some(us),
+                Some(UTC.into()),
+            ))
+        };
         let columns = self
             .schema
             .fields()
@@ -82,7 +87,10 @@ impl EventsProvider {
                     .with_statistics(Arc::new(self.file_statistics(f))),
             );
         }
-        groups.into_iter().map(|(_, files)| FileGroup::new(files)).collect()
+        groups
+            .into_iter()
+            .map(|(_, files)| FileGroup::new(files))
+            .collect()
     }
 }
 
@@ -116,8 +124,7 @@ impl TableProvider for EventsProvider {
             let schema = project_schema(&self.schema, projection)?;
             return Ok(Arc::new(EmptyExec::new(schema)));
         }
-        let format =
-            ParquetFormat::default().with_options(state.table_options().parquet.clone());
+        let format = ParquetFormat::default().with_options(state.table_options().parquet.clone());
         let source = format.file_source(Arc::clone(&self.schema).into());
         let config = FileScanConfigBuilder::new(self.location.store_url.clone(), source)
             .with_file_groups(self.file_groups(state.config().target_partitions()))

@@ -125,7 +125,10 @@ fn split_by_date(batch: &RecordBatch, options: &WriteOptions) -> Result<Vec<Date
     }
     let mut by_day: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
     for (row, t) in times.values().iter().enumerate() {
-        by_day.entry(t.div_euclid(MICROS_PER_DAY)).or_default().push(row as u32);
+        by_day
+            .entry(t.div_euclid(MICROS_PER_DAY))
+            .or_default()
+            .push(row as u32);
     }
     let mut parts = vec![];
     for (day, rows) in by_day {
@@ -164,8 +167,14 @@ fn sort_by_person_and_time(batch: &RecordBatch) -> Result<RecordBatch> {
     let time = Arc::clone(column(batch, EVENT_TIME)?);
     let indices = lexsort_to_indices(
         &[
-            SortColumn { values: key, options: None },
-            SortColumn { values: time, options: None },
+            SortColumn {
+                values: key,
+                options: None,
+            },
+            SortColumn {
+                values: time,
+                options: None,
+            },
         ],
         None,
     )?;

@@ -16,8 +16,8 @@ use datafusion::scalar::ScalarValue;
 
 use super::chain::{find_chain, FunnelEvent};
 use super::options::FunnelOptions;
-use crate::grouped::{list_offsets, runs, EvaluateInPlace, GroupedEvents};
 use super::{ARG_BREAKDOWN, ARG_CONDS, ARG_HOLD, ARG_TIEBREAK, ARG_TS};
+use crate::grouped::{list_offsets, runs, EvaluateInPlace, GroupedEvents};
 
 /// Events sort by (ts, tiebreak, row).
 fn order(e: &FunnelEvent) -> (i64, i64, u64) {
@@ -37,11 +37,15 @@ pub struct FunnelGroups {
 }
 
 fn as_i64(a: &ArrayRef) -> Result<Int64Array> {
-    Ok(datafusion::arrow::compute::cast(a, &DataType::Int64)?.as_primitive::<Int64Type>().clone())
+    Ok(datafusion::arrow::compute::cast(a, &DataType::Int64)?
+        .as_primitive::<Int64Type>()
+        .clone())
 }
 
 fn as_text(a: &ArrayRef) -> Result<StringArray> {
-    Ok(datafusion::arrow::compute::cast(a, &DataType::Utf8)?.as_string::<i32>().clone())
+    Ok(datafusion::arrow::compute::cast(a, &DataType::Utf8)?
+        .as_string::<i32>()
+        .clone())
 }
 
 impl FunnelGroups {
@@ -84,7 +88,8 @@ impl FunnelGroups {
         let tiebreak = as_i64(&values[ARG_TIEBREAK])?;
         let hold = as_text(&values[ARG_HOLD])?;
         let breakdown = as_text(&values[ARG_BREAKDOWN])?;
-        let conds: Vec<&BooleanArray> = values[ARG_CONDS..].iter().map(|c| c.as_boolean()).collect();
+        let conds: Vec<&BooleanArray> =
+            values[ARG_CONDS..].iter().map(|c| c.as_boolean()).collect();
         for row in 0..ts.len() {
             if filter.is_some_and(|f| !f.is_valid(row) || !f.value(row)) || ts.is_null(row) {
                 continue;
@@ -104,7 +109,11 @@ impl FunnelGroups {
             let breakdown_id = self.intern(breakdown.is_valid(row).then(|| breakdown.value(row)));
             let event = FunnelEvent {
                 ts: ts.value(row),
-                tiebreak: if tiebreak.is_valid(row) { tiebreak.value(row) } else { i64::MIN },
+                tiebreak: if tiebreak.is_valid(row) {
+                    tiebreak.value(row)
+                } else {
+                    i64::MIN
+                },
                 row: row_id,
                 mask,
                 hold: hold_id,
@@ -129,7 +138,8 @@ impl FunnelGroups {
             match find_chain(&events, &self.options) {
                 Some(chain) => {
                     level.append_value(chain.level() as u8);
-                    entry_time.append_option(chain.steps.iter().flatten().map(|i| events[*i].ts).min());
+                    entry_time
+                        .append_option(chain.steps.iter().flatten().map(|i| events[*i].ts).min());
                     for s in &chain.steps {
                         step_times.append_option(s.map(|i| events[i].ts));
                     }
@@ -157,7 +167,11 @@ impl FunnelGroups {
             Arc::new(excluded.finish()),
             Arc::new(breakdown.finish()),
         ];
-        Ok(Arc::new(StructArray::new(self.result_fields.clone(), columns, None::<NullBuffer>)))
+        Ok(Arc::new(StructArray::new(
+            self.result_fields.clone(),
+            columns,
+            None::<NullBuffer>,
+        )))
     }
 
     fn state_lists(&self, entries: &[(u32, FunnelEvent)], n: usize) -> Vec<ArrayRef> {
@@ -167,16 +181,24 @@ impl FunnelGroups {
             Arc::new(ListArray::new(field, offsets.clone(), values, None))
         };
         let ints = |f: &dyn Fn(&FunnelEvent) -> i64| -> ArrayRef {
-            Arc::new(Int64Array::from_iter_values(entries.iter().map(|e| f(&e.1))))
+            Arc::new(Int64Array::from_iter_values(
+                entries.iter().map(|e| f(&e.1)),
+            ))
         };
         let texts = |f: &dyn Fn(&FunnelEvent) -> u32| -> ArrayRef {
-            Arc::new(StringArray::from_iter(entries.iter().map(|e| self.value(f(&e.1)))))
+            Arc::new(StringArray::from_iter(
+                entries.iter().map(|e| self.value(f(&e.1))),
+            ))
         };
         vec![
             list(ints(&|e| e.ts)),
             list(ints(&|e| e.tiebreak)),
-            list(Arc::new(UInt64Array::from_iter_values(entries.iter().map(|e| e.1.row)))),
-            list(Arc::new(UInt64Array::from_iter_values(entries.iter().map(|e| e.1.mask)))),
+            list(Arc::new(UInt64Array::from_iter_values(
+                entries.iter().map(|e| e.1.row),
+            ))),
+            list(Arc::new(UInt64Array::from_iter_values(
+                entries.iter().map(|e| e.1.mask),
+            ))),
             list(texts(&|e| e.hold)),
             list(texts(&|e| e.breakdown)),
         ]
@@ -249,7 +271,11 @@ impl GroupsAccumulator for FunnelGroups {
         opt_filter: Option<&BooleanArray>,
     ) -> Result<Vec<ArrayRef>> {
         let rows = values[ARG_TS].len();
-        let mut single = FunnelGroups::new(self.options.clone(), self.time_type.clone(), self.result_fields.clone());
+        let mut single = FunnelGroups::new(
+            self.options.clone(),
+            self.time_type.clone(),
+            self.result_fields.clone(),
+        );
         single.events.saw_groups(rows);
         single.add_rows(values, opt_filter, |row| row)?;
         // One row per state: its events already come in order.
@@ -258,7 +284,11 @@ impl GroupsAccumulator for FunnelGroups {
 
     fn size(&self) -> usize {
         self.events.size()
-            + self.strings.iter().map(|s| s.capacity() * 2 + 48).sum::<usize>()
+            + self
+                .strings
+                .iter()
+                .map(|s| s.capacity() * 2 + 48)
+                .sum::<usize>()
             + std::mem::size_of::<Self>()
     }
 }

@@ -60,11 +60,19 @@ fn follows(x: &FunnelEvent, y: &FunnelEvent, ties: Ties) -> bool {
 /// unordered funnel, any step).
 pub fn find_chain(events: &[FunnelEvent], o: &FunnelOptions) -> Option<Chain> {
     let entries = events.iter().enumerate().filter(|(_, e)| {
-        if o.unordered { e.mask & step_mask(o.steps) != 0 } else { e.matches(0) }
+        if o.unordered {
+            e.mask & step_mask(o.steps) != 0
+        } else {
+            e.matches(0)
+        }
     });
     let mut best: Option<Chain> = None;
     for (i, _) in entries {
-        let chain = if o.unordered { unordered_from(events, i, o) } else { ordered_from(events, i, o) };
+        let chain = if o.unordered {
+            unordered_from(events, i, o)
+        } else {
+            ordered_from(events, i, o)
+        };
         let better = match &best {
             None => true,
             Some(b) => {
@@ -78,7 +86,9 @@ pub fn find_chain(events: &[FunnelEvent], o: &FunnelOptions) -> Option<Chain> {
         if better {
             best = Some(chain);
         }
-        let done = best.as_ref().is_some_and(|b| b.level() == o.steps && !b.excluded);
+        let done = best
+            .as_ref()
+            .is_some_and(|b| b.level() == o.steps && !b.excluded);
         if o.entry == Entry::First || (o.entry == Entry::Best && done) {
             break;
         }
@@ -87,7 +97,11 @@ pub fn find_chain(events: &[FunnelEvent], o: &FunnelOptions) -> Option<Chain> {
 }
 
 fn step_mask(steps: usize) -> u64 {
-    if steps == 64 { u64::MAX } else { (1u64 << steps) - 1 }
+    if steps == 64 {
+        u64::MAX
+    } else {
+        (1u64 << steps) - 1
+    }
 }
 
 /// The events inside the window of the entry at `entry`: indices `lo..hi`.
@@ -143,7 +157,9 @@ fn ordered_from(events: &[FunnelEvent], entry: usize, o: &FunnelOptions) -> Chai
     steps[last] = Some(x);
     for k in (0..last).rev() {
         let ev = &events[x];
-        let earliest = o.step_windows[k + 1].map(|w| ev.ts.saturating_sub(w)).unwrap_or(i64::MIN);
+        let earliest = o.step_windows[k + 1]
+            .map(|w| ev.ts.saturating_sub(w))
+            .unwrap_or(i64::MIN);
         let y = reach[k]
             .iter()
             .rev()
@@ -185,12 +201,23 @@ fn unordered_from(events: &[FunnelEvent], entry: usize, o: &FunnelOptions) -> Ch
 
 /// Whether an exclusion event lies strictly between the events of its two steps (or,
 /// when the later step was not reached, after the earlier one and within the window).
-fn excluded(events: &[FunnelEvent], steps: &[Option<usize>], entry: usize, o: &FunnelOptions) -> bool {
+fn excluded(
+    events: &[FunnelEvent],
+    steps: &[Option<usize>],
+    entry: usize,
+    o: &FunnelOptions,
+) -> bool {
     let window_end = (events[entry].ts.saturating_add(o.window), i64::MAX);
     o.exclusions.iter().any(|x| {
-        let Some(from) = steps[x.from - 1] else { return false };
+        let Some(from) = steps[x.from - 1] else {
+            return false;
+        };
         let lo = events[from].key();
-        let hi = steps[x.to - 1].map(|to| events[to].key()).unwrap_or(window_end);
-        events.iter().any(|z| z.matches(x.cond) && z.key() > lo && z.key() < hi)
+        let hi = steps[x.to - 1]
+            .map(|to| events[to].key())
+            .unwrap_or(window_end);
+        events
+            .iter()
+            .any(|z| z.matches(x.cond) && z.key() > lo && z.key() < hi)
     })
 }

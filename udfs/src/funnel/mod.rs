@@ -24,9 +24,9 @@ use datafusion::logical_expr::{
 pub use chain::{find_chain, Chain, FunnelEvent};
 pub use options::{Entry, Exclusion, FunnelOptions, Ties};
 
-use accumulator::FunnelGroups;
-use crate::grouped::SingleGroup;
 use crate::args::{coerce_conditions, literal, string_literal};
+use crate::grouped::SingleGroup;
+use accumulator::FunnelGroups;
 
 pub const NAME: &str = "funnel";
 const ARG_WINDOW: usize = 0;
@@ -60,7 +60,9 @@ impl Default for Funnel {
 
 impl Funnel {
     pub fn new() -> Self {
-        Funnel { signature: Signature::user_defined(Volatility::Immutable) }
+        Funnel {
+            signature: Signature::user_defined(Volatility::Immutable),
+        }
     }
 }
 
@@ -77,7 +79,11 @@ fn result_fields(ts: &DataType) -> Fields {
     Fields::from(vec![
         Field::new("level", DataType::UInt8, false),
         Field::new("entry_time", t.clone(), true),
-        Field::new("step_times", DataType::List(Arc::new(Field::new_list_field(t, true))), false),
+        Field::new(
+            "step_times",
+            DataType::List(Arc::new(Field::new_list_field(t, true))),
+            false,
+        ),
         Field::new("excluded", DataType::Boolean, false),
         Field::new("breakdown", DataType::Utf8, true),
     ])
@@ -111,7 +117,10 @@ impl AggregateUDFImpl for Funnel {
             )));
         }
         if types.len() - ARG_CONDS > 64 {
-            return Err(plan_err(format!("at most 64 conditions, got {}", types.len() - ARG_CONDS)));
+            return Err(plan_err(format!(
+                "at most 64 conditions, got {}",
+                types.len() - ARG_CONDS
+            )));
         }
         if !(types[ARG_WINDOW].is_integer() || matches!(types[ARG_WINDOW], DataType::Interval(_))) {
             return Err(plan_err(format!(
@@ -119,12 +128,20 @@ impl AggregateUDFImpl for Funnel {
                 types[ARG_WINDOW]
             )));
         }
-        if !matches!(types[ARG_OPTIONS], DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8) {
-            return Err(plan_err(format!("argument 2 (options) must be a string, got {}", types[ARG_OPTIONS])));
+        if !matches!(
+            types[ARG_OPTIONS],
+            DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8
+        ) {
+            return Err(plan_err(format!(
+                "argument 2 (options) must be a string, got {}",
+                types[ARG_OPTIONS]
+            )));
         }
         let ts = &types[ARG_TS];
         if !(ts.is_integer() || matches!(ts, DataType::Timestamp(_, _))) {
-            return Err(plan_err(format!("argument 3 (ts) must be a timestamp or an integer, got {ts}")));
+            return Err(plan_err(format!(
+                "argument 3 (ts) must be a timestamp or an integer, got {ts}"
+            )));
         }
         let tb = &types[ARG_TIEBREAK];
         if !(tb.is_integer() || matches!(tb, DataType::Timestamp(_, _) | DataType::Null)) {
@@ -169,7 +186,10 @@ impl AggregateUDFImpl for Funnel {
         true
     }
 
-    fn create_groups_accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn GroupsAccumulator>> {
+    fn create_groups_accumulator(
+        &self,
+        args: AccumulatorArgs,
+    ) -> Result<Box<dyn GroupsAccumulator>> {
         Ok(Box::new(self.groups(&args)?))
     }
 
@@ -201,6 +221,10 @@ impl AggregateUDFImpl for Funnel {
 impl Funnel {
     fn groups(&self, args: &AccumulatorArgs) -> Result<FunnelGroups> {
         let ts = args.expr_fields[ARG_TS].data_type();
-        Ok(FunnelGroups::new(options_from(args)?, time_type(ts), result_fields(ts)))
+        Ok(FunnelGroups::new(
+            options_from(args)?,
+            time_type(ts),
+            result_fields(ts),
+        ))
     }
 }

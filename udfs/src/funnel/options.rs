@@ -76,9 +76,12 @@ impl FunnelOptions {
         let mut step_windows_text: Option<String> = None;
         let mut exclusions_text: Option<String> = None;
         for part in text.split(';').map(str::trim).filter(|p| !p.is_empty()) {
-            let (key, value) = part.split_once('=').map(|(k, v)| (k.trim(), v.trim())).ok_or_else(|| {
-                plan_err(format!("option '{part}' in argument 2 is not key=value"))
-            })?;
+            let (key, value) = part
+                .split_once('=')
+                .map(|(k, v)| (k.trim(), v.trim()))
+                .ok_or_else(|| {
+                    plan_err(format!("option '{part}' in argument 2 is not key=value"))
+                })?;
             match key {
                 "entry" => {
                     o.entry = match value {
@@ -107,12 +110,16 @@ impl FunnelOptions {
                         .parse()
                         .ok()
                         .filter(|n| (1..=conds).contains(n))
-                        .ok_or_else(|| bad_value(key, value, &format!("a number from 1 to {conds}")))?
+                        .ok_or_else(|| {
+                            bad_value(key, value, &format!("a number from 1 to {conds}"))
+                        })?
                 }
                 "step_windows" => step_windows_text = Some(value.to_string()),
                 "exclude" => exclusions_text = Some(value.to_string()),
                 "breakdown_step" => {
-                    o.breakdown_step = value.parse().map_err(|_| bad_value(key, value, "a step number"))?
+                    o.breakdown_step = value
+                        .parse()
+                        .map_err(|_| bad_value(key, value, "a step number"))?
                 }
                 other => {
                     return Err(plan_err(format!(
@@ -123,7 +130,11 @@ impl FunnelOptions {
             }
         }
         if o.breakdown_step == 0 || o.breakdown_step > o.steps {
-            return Err(bad_value("breakdown_step", &o.breakdown_step.to_string(), &format!("a step from 1 to {}", o.steps)));
+            return Err(bad_value(
+                "breakdown_step",
+                &o.breakdown_step.to_string(),
+                &format!("a step from 1 to {}", o.steps),
+            ));
         }
         o.step_windows = vec![None; o.steps];
         if let Some(text) = step_windows_text {
@@ -141,7 +152,11 @@ impl FunnelOptions {
                 )));
             }
             for (i, p) in parts.iter().enumerate() {
-                o.step_windows[i + 1] = if *p == "-" { None } else { Some(duration(p, ts)?) };
+                o.step_windows[i + 1] = if *p == "-" {
+                    None
+                } else {
+                    Some(duration(p, ts)?)
+                };
             }
         }
         if let Some(text) = exclusions_text {
@@ -161,7 +176,9 @@ impl FunnelOptions {
 }
 
 fn bad_value(key: &str, value: &str, expected: &str) -> datafusion::error::DataFusionError {
-    plan_err(format!("option {key}={value} in argument 2: expected {expected}"))
+    plan_err(format!(
+        "option {key}={value} in argument 2: expected {expected}"
+    ))
 }
 
 /// `30s`, `10m`, `2h`, `1d`, or a plain number (seconds for a timestamp `ts`, its own
@@ -171,14 +188,26 @@ fn duration(text: &str, ts: &DataType) -> Result<i64> {
         Some((i, _)) => text.split_at(i),
         None => (text, ""),
     };
-    let n: i64 = digits.parse().map_err(|_| bad_value("step_windows", text, "durations like 30s, 10m, 2h, 1d, or -"))?;
+    let n: i64 = digits.parse().map_err(|_| {
+        bad_value(
+            "step_windows",
+            text,
+            "durations like 30s, 10m, 2h, 1d, or -",
+        )
+    })?;
     let seconds = match unit {
         "" => return window_in_ts_units(&ScalarValue::Int64(Some(n)), ts),
         "s" => n,
         "m" => n * 60,
         "h" => n * 3600,
         "d" => n * 86_400,
-        _ => return Err(bad_value("step_windows", text, "durations like 30s, 10m, 2h, 1d, or -")),
+        _ => {
+            return Err(bad_value(
+                "step_windows",
+                text,
+                "durations like 30s, 10m, 2h, 1d, or -",
+            ))
+        }
     };
     if !matches!(ts, DataType::Timestamp(_, _)) {
         return Err(plan_err(format!(
@@ -205,5 +234,9 @@ fn exclusion(spec: &str, conds: usize, steps: usize) -> Result<Exclusion> {
     if cond <= steps || cond > conds || from == 0 || from >= to || to > steps {
         return Err(err());
     }
-    Ok(Exclusion { cond: cond - 1, from, to })
+    Ok(Exclusion {
+        cond: cond - 1,
+        from,
+        to,
+    })
 }

@@ -36,12 +36,18 @@ pub struct FunnelGroups {
 
 fn timestamps_as_i64(ts: &ArrayRef) -> Result<Int64Array> {
     // Timestamps of any unit are i64 counts of that unit; integers are widened.
-    Ok(datafusion::arrow::compute::cast(ts, &DataType::Int64)?.as_primitive::<Int64Type>().clone())
+    Ok(datafusion::arrow::compute::cast(ts, &DataType::Int64)?
+        .as_primitive::<Int64Type>()
+        .clone())
 }
 
 impl FunnelGroups {
     pub fn new(options: FunnelOptions) -> Self {
-        FunnelGroups { options, events: GroupedEvents::default(), next_row: 0 }
+        FunnelGroups {
+            options,
+            events: GroupedEvents::default(),
+            next_row: 0,
+        }
     }
 
     /// The (row, condition) events of `values` = [window, mode, ts, cond1..condN]; calls
@@ -68,9 +74,8 @@ impl FunnelGroups {
             })
             .collect();
         let strict_order = self.options.mode.strict_order;
-        let usable = |row: usize| {
-            filter.is_none_or(|f| f.is_valid(row) && f.value(row)) && ts.is_valid(row)
-        };
+        let usable =
+            |row: usize| filter.is_none_or(|f| f.is_valid(row) && f.value(row)) && ts.is_valid(row);
         let mut row_id = first_row_id;
         if strict_order {
             // Every row matters: a row matching no step breaks the chain.
@@ -79,12 +84,26 @@ impl FunnelGroups {
                 let mut any = false;
                 for (k, cond) in conds.iter().enumerate() {
                     if cond.value(row) {
-                        emit(row, Event { ts: t, step: k as u8 + 1, row: row_id });
+                        emit(
+                            row,
+                            Event {
+                                ts: t,
+                                step: k as u8 + 1,
+                                row: row_id,
+                            },
+                        );
                         any = true;
                     }
                 }
                 if !any {
-                    emit(row, Event { ts: t, step: 0, row: row_id });
+                    emit(
+                        row,
+                        Event {
+                            ts: t,
+                            step: 0,
+                            row: row_id,
+                        },
+                    );
                 }
                 row_id += 1;
             }
@@ -99,7 +118,14 @@ impl FunnelGroups {
             let t = ts.value(row);
             for (k, cond) in conds.iter().enumerate() {
                 if cond.value(row) {
-                    emit(row, Event { ts: t, step: k as u8 + 1, row: row_id + row as u64 });
+                    emit(
+                        row,
+                        Event {
+                            ts: t,
+                            step: k as u8 + 1,
+                            row: row_id + row as u64,
+                        },
+                    );
                 }
             }
         }
@@ -128,7 +154,11 @@ impl FunnelGroups {
             let field = Arc::new(Field::new_list_field(values.data_type().clone(), false));
             Arc::new(ListArray::new(field, offsets.clone(), values, None))
         };
-        vec![list(Arc::new(ts)), list(Arc::new(step)), list(Arc::new(row))]
+        vec![
+            list(Arc::new(ts)),
+            list(Arc::new(step)),
+            list(Arc::new(row)),
+        ]
     }
 }
 impl GroupsAccumulator for FunnelGroups {
@@ -199,7 +229,9 @@ impl GroupsAccumulator for FunnelGroups {
         // Each input row becomes its own group's state.
         let rows = values[2].len();
         let mut entries = vec![];
-        self.events_of(values, opt_filter, 0, |row, event| entries.push((row as u32, event)))?;
+        self.events_of(values, opt_filter, 0, |row, event| {
+            entries.push((row as u32, event))
+        })?;
         Ok(Self::state_lists(&entries, rows))
     }
 
@@ -211,7 +243,9 @@ impl GroupsAccumulator for FunnelGroups {
 impl EvaluateInPlace for FunnelGroups {
     fn evaluate_kept(&mut self) -> Result<ScalarValue> {
         self.events.sort_by_key(order);
-        Ok(ScalarValue::UInt8(Some(self.levels(self.events.entries(), 1)[0])))
+        Ok(ScalarValue::UInt8(Some(
+            self.levels(self.events.entries(), 1)[0],
+        )))
     }
 
     fn state_kept(&mut self) -> Result<Vec<ScalarValue>> {

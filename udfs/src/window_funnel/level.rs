@@ -34,7 +34,11 @@ pub fn funnel_level(events: &[Event], options: &FunnelOptions) -> u8 {
 
 fn highest(reached: impl DoubleEndedIterator<Item = bool> + ExactSizeIterator) -> u8 {
     let n = reached.len();
-    reached.rev().position(|r| r).map(|p| (n - p) as u8).unwrap_or(0)
+    reached
+        .rev()
+        .position(|r| r)
+        .map(|p| (n - p) as u8)
+        .unwrap_or(0)
 }
 
 fn first_missing(reached: impl Iterator<Item = bool>) -> Option<u8> {
@@ -103,7 +107,11 @@ fn level_counting_rows_once(events: &[Event], o: &FunnelOptions) -> u8 {
         }
         let idx = e.step as usize - 1;
         if idx == 0 {
-            chains[0].push(Chain { first: e.ts, last: e.ts, rows: vec![e.row] });
+            chains[0].push(Chain {
+                first: e.ts,
+                last: e.ts,
+                rows: vec![e.row],
+            });
             started = true;
         } else if mode.strict_deduplication && !chains[idx].is_empty() {
             return highest(chains.iter().map(|c| !c.is_empty()));
@@ -131,7 +139,11 @@ fn level_counting_rows_once(events: &[Event], o: &FunnelOptions) -> u8 {
                 if fits {
                     let mut rows = chain.rows.clone();
                     rows.push(e.row);
-                    next.push(Chain { first: chain.first, last: e.ts, rows });
+                    next.push(Chain {
+                        first: chain.first,
+                        last: e.ts,
+                        rows,
+                    });
                     if idx + 1 == o.steps {
                         return o.steps as u8;
                     }

@@ -28,8 +28,8 @@ use datafusion::logical_expr::{
 pub use level::{funnel_level, Event};
 pub use options::{FunnelMode, FunnelOptions};
 
-use accumulator::FunnelGroups;
 use crate::grouped::SingleGroup;
+use accumulator::FunnelGroups;
 
 pub const NAME: &str = "window_funnel";
 /// The most conditions one call may have.
@@ -54,7 +54,9 @@ impl Default for WindowFunnel {
 
 impl WindowFunnel {
     pub fn new() -> Self {
-        WindowFunnel { signature: Signature::user_defined(Volatility::Immutable) }
+        WindowFunnel {
+            signature: Signature::user_defined(Volatility::Immutable),
+        }
     }
 }
 
@@ -111,7 +113,9 @@ impl AggregateUDFImpl for WindowFunnel {
         &self,
         args: AccumulatorArgs,
     ) -> Result<Box<dyn GroupsAccumulator>> {
-        Ok(Box::new(FunnelGroups::new(FunnelOptions::from_args(&args)?)))
+        Ok(Box::new(FunnelGroups::new(FunnelOptions::from_args(
+            &args,
+        )?)))
     }
 
     fn default_value(&self, _data_type: &DataType) -> Result<datafusion::scalar::ScalarValue> {

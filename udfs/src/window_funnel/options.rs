@@ -48,7 +48,9 @@ impl FunnelMode {
             }
         }
         if mode.allow_reentry && !mode.strict_order {
-            return Err(plan_err("mode allow_reentry needs strict_order too".to_string()));
+            return Err(plan_err(
+                "mode allow_reentry needs strict_order too".to_string(),
+            ));
         }
         Ok(mode)
     }
@@ -74,7 +76,11 @@ impl FunnelOptions {
         let ts_type = args.expr_fields[2].data_type().clone();
         let window = literal(NAME, &args.exprs[0], "argument 1 (window)")?;
         let mode = FunnelMode::parse(&string_literal(NAME, &args.exprs[1], "argument 2 (mode)")?)?;
-        Ok(FunnelOptions { window: window_in_ts_units(&window, &ts_type)?, mode, steps })
+        Ok(FunnelOptions {
+            window: window_in_ts_units(&window, &ts_type)?,
+            mode,
+            steps,
+        })
     }
 }
 
@@ -92,47 +98,46 @@ fn ts_unit_nanos(ts: &DataType) -> Option<i64> {
 pub(crate) fn window_in_ts_units(window: &ScalarValue, ts: &DataType) -> Result<i64> {
     let unit = ts_unit_nanos(ts);
     let negative = || plan_err("argument 1 (window) must not be negative".to_string());
-    let nanos = match window {
-        ScalarValue::IntervalMonthDayNano(Some(v)) => {
-            if v.months != 0 {
-                return Err(plan_err(
-                    "argument 1 (window) cannot be in months or years, which vary in length; \
+    let nanos =
+        match window {
+            ScalarValue::IntervalMonthDayNano(Some(v)) => {
+                if v.months != 0 {
+                    return Err(plan_err(
+                        "argument 1 (window) cannot be in months or years, which vary in length; \
                      use days"
-                        .to_string(),
-                ));
+                            .to_string(),
+                    ));
+                }
+                Some(v.days as i64 * 86_400_000_000_000 + v.nanoseconds)
             }
-            Some(v.days as i64 * 86_400_000_000_000 + v.nanoseconds)
-        }
-        ScalarValue::IntervalDayTime(Some(v)) => {
-            Some(v.days as i64 * 86_400_000_000_000 + v.milliseconds as i64 * 1_000_000)
-        }
-        ScalarValue::IntervalYearMonth(Some(_)) => {
-            return Err(plan_err(
+            ScalarValue::IntervalDayTime(Some(v)) => {
+                Some(v.days as i64 * 86_400_000_000_000 + v.milliseconds as i64 * 1_000_000)
+            }
+            ScalarValue::IntervalYearMonth(Some(_)) => return Err(plan_err(
                 "argument 1 (window) cannot be in months or years, which vary in length; use days"
                     .to_string(),
-            ))
-        }
-        v if v.data_type().is_integer() => {
-            let n = match v.cast_to(&DataType::Int64)? {
-                ScalarValue::Int64(Some(n)) => n,
-                _ => return Err(plan_err("argument 1 (window) is out of range".to_string())),
-            };
-            if n < 0 {
-                return Err(negative());
+            )),
+            v if v.data_type().is_integer() => {
+                let n = match v.cast_to(&DataType::Int64)? {
+                    ScalarValue::Int64(Some(n)) => n,
+                    _ => return Err(plan_err("argument 1 (window) is out of range".to_string())),
+                };
+                if n < 0 {
+                    return Err(negative());
+                }
+                // Seconds for a timestamp, the integer's own unit otherwise.
+                return Ok(match unit {
+                    Some(u) => n.saturating_mul(1_000_000_000 / u),
+                    None => n,
+                });
             }
-            // Seconds for a timestamp, the integer's own unit otherwise.
-            return Ok(match unit {
-                Some(u) => n.saturating_mul(1_000_000_000 / u),
-                None => n,
-            });
-        }
-        other => {
-            return Err(plan_err(format!(
-                "argument 1 (window) must be an INTERVAL or an integer literal, got {}",
-                other.data_type()
-            )))
-        }
-    };
+            other => {
+                return Err(plan_err(format!(
+                    "argument 1 (window) must be an INTERVAL or an integer literal, got {}",
+                    other.data_type()
+                )))
+            }
+        };
     let nanos = nanos.expect("an interval");
     if nanos < 0 {
         return Err(negative());
@@ -161,16 +166,22 @@ pub(crate) fn check_argument_types(types: &[DataType]) -> Result<Vec<DataType>> 
             types.len() - 3
         )));
     }
-    let window_ok = types[0].is_integer()
-        || matches!(types[0], DataType::Interval(_) | DataType::Null);
+    let window_ok =
+        types[0].is_integer() || matches!(types[0], DataType::Interval(_) | DataType::Null);
     if !window_ok {
         return Err(plan_err(format!(
             "argument 1 (window) must be an INTERVAL or an integer, got {}",
             types[0]
         )));
     }
-    if !matches!(types[1], DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8 | DataType::Null) {
-        return Err(plan_err(format!("argument 2 (mode) must be a string, got {}", types[1])));
+    if !matches!(
+        types[1],
+        DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8 | DataType::Null
+    ) {
+        return Err(plan_err(format!(
+            "argument 2 (mode) must be a string, got {}",
+            types[1]
+        )));
     }
     if !(types[2].is_integer() || matches!(types[2], DataType::Timestamp(_, _))) {
         return Err(plan_err(format!(

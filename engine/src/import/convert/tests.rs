@@ -5,7 +5,9 @@ use arrow::datatypes::{Field, Schema, TimestampMicrosecondType};
 
 fn text_batch(cols: &[(&str, Vec<Option<&str>>)]) -> RecordBatch {
     let schema = Arc::new(Schema::new(
-        cols.iter().map(|(n, _)| Field::new(*n, DataType::Utf8, true)).collect::<Vec<_>>(),
+        cols.iter()
+            .map(|(n, _)| Field::new(*n, DataType::Utf8, true))
+            .collect::<Vec<_>>(),
     ));
     let arrays = cols
         .iter()
@@ -35,9 +37,16 @@ fn timestamps_in_every_accepted_form() {
         ("2017-11-24T17:21", us - 10_000_000),
         ("2017-11-24", us - (17 * 3600 + 21 * 60 + 10) * 1_000_000),
     ] {
-        assert_eq!(parse_timestamp(text, TimeUnitSpec::Auto), Some(expected), "{text}");
+        assert_eq!(
+            parse_timestamp(text, TimeUnitSpec::Auto),
+            Some(expected),
+            "{text}"
+        );
     }
-    assert_eq!(parse_timestamp("1511544070", TimeUnitSpec::Millis), Some(1_511_544_070_000));
+    assert_eq!(
+        parse_timestamp("1511544070", TimeUnitSpec::Millis),
+        Some(1_511_544_070_000)
+    );
     assert_eq!(parse_timestamp("yesterday", TimeUnitSpec::Auto), None);
     assert_eq!(parse_timestamp("2017-13-01", TimeUnitSpec::Auto), None);
 }
@@ -47,28 +56,58 @@ fn maps_columns_and_records_bad_values_by_row_and_column() {
     let raw = text_batch(&[
         ("uid", vec![Some("1"), Some("2"), Some("3")]),
         ("behavior", vec![Some("pv"), Some("buy"), None]),
-        ("ts", vec![Some("1511544070"), Some("soon"), Some("1511544071")]),
+        (
+            "ts",
+            vec![Some("1511544070"), Some("soon"), Some("1511544071")],
+        ),
         ("item", vec![Some("10"), Some("11"), Some("12")]),
         ("price", vec![Some("1.5"), Some("x"), None]),
     ]);
-    let m = mapping(&["event_name=behavior", "event_time=ts", "user_id=uid", "revenue=price"], &["platform=app"]);
+    let m = mapping(
+        &[
+            "event_name=behavior",
+            "event_time=ts",
+            "user_id=uid",
+            "revenue=price",
+        ],
+        &["platform=app"],
+    );
     let c = convert(&raw, &m, &[], TimeUnitSpec::Auto, false).unwrap();
-    let described: Vec<(usize, &str)> =
-        c.errors.iter().map(|e| (e.row, e.column.as_str())).collect();
+    let described: Vec<(usize, &str)> = c
+        .errors
+        .iter()
+        .map(|e| (e.row, e.column.as_str()))
+        .collect();
     assert_eq!(described, vec![(1, "ts"), (1, "price"), (2, "behavior")]);
     assert!(c.errors[0].message.starts_with("not a timestamp"));
     assert_eq!(c.errors[0].value.as_deref(), Some("soon"));
-    assert!(c.errors[2].message.contains("missing value for required column 'event_name'"));
+    assert!(c.errors[2]
+        .message
+        .contains("missing value for required column 'event_name'"));
 
     let b = &c.batch;
-    assert_eq!(c.extra_columns, vec![ExtraColumn { name: "item".into(), column_type: ColumnType::Int64 }]);
+    assert_eq!(
+        c.extra_columns,
+        vec![ExtraColumn {
+            name: "item".into(),
+            column_type: ColumnType::Int64
+        }]
+    );
     let anon = b.column_by_name("anonymous_id").unwrap().as_string::<i32>();
     assert_eq!(anon.value(0), "1", "anonymous_id falls back to the user id");
     let platform = b.column_by_name("platform").unwrap().as_string::<i32>();
     assert_eq!(platform.value(2), "app");
-    let item = b.column_by_name("item").unwrap().as_any().downcast_ref::<Int64Array>().unwrap();
+    let item = b
+        .column_by_name("item")
+        .unwrap()
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .unwrap();
     assert_eq!(item.value(2), 12);
-    let t = b.column_by_name(EVENT_TIME).unwrap().as_primitive::<TimestampMicrosecondType>();
+    let t = b
+        .column_by_name(EVENT_TIME)
+        .unwrap()
+        .as_primitive::<TimestampMicrosecondType>();
     assert_eq!(t.value(0), 1_511_544_070_000_000);
 
     let keep = good_rows(3, &c.errors);
@@ -85,7 +124,10 @@ fn new_columns_take_the_tables_type_and_report_mismatches() {
         ("anonymous_id", vec![Some("a")]),
         ("score", vec![Some("high")]),
     ]);
-    let table = [ExtraColumn { name: "score".into(), column_type: ColumnType::Float64 }];
+    let table = [ExtraColumn {
+        name: "score".into(),
+        column_type: ColumnType::Float64,
+    }];
     let c = convert(&raw, &mapping(&[], &[]), &table, TimeUnitSpec::Auto, false).unwrap();
     assert_eq!(c.errors.len(), 1);
     assert_eq!(c.errors[0].column, "score");
@@ -109,10 +151,19 @@ fn properties_must_be_json() {
 #[test]
 fn text_type_inference() {
     let infer = |v: Vec<Option<&str>>| infer_type(&(Arc::new(StringArray::from(v)) as ArrayRef));
-    assert_eq!(infer(vec![Some("1"), None, Some("-2")]), Some(ColumnType::Int64));
-    assert_eq!(infer(vec![Some("1"), Some("2.5")]), Some(ColumnType::Float64));
+    assert_eq!(
+        infer(vec![Some("1"), None, Some("-2")]),
+        Some(ColumnType::Int64)
+    );
+    assert_eq!(
+        infer(vec![Some("1"), Some("2.5")]),
+        Some(ColumnType::Float64)
+    );
     assert_eq!(infer(vec![Some("007"), Some("8")]), Some(ColumnType::Utf8));
-    assert_eq!(infer(vec![Some("true"), Some("False")]), Some(ColumnType::Boolean));
+    assert_eq!(
+        infer(vec![Some("true"), Some("False")]),
+        Some(ColumnType::Boolean)
+    );
     assert_eq!(infer(vec![Some("a1")]), Some(ColumnType::Utf8));
 }
 
@@ -123,9 +174,15 @@ fn a_bad_constant_is_an_argument_error() {
         ("event_name", vec![Some("x")]),
         ("anonymous_id", vec![Some("a")]),
     ]);
-    let err = convert(&raw, &mapping(&[], &["revenue=lots"]), &[], TimeUnitSpec::Auto, false)
-        .err()
-        .unwrap()
-        .to_string();
+    let err = convert(
+        &raw,
+        &mapping(&[], &["revenue=lots"]),
+        &[],
+        TimeUnitSpec::Auto,
+        false,
+    )
+    .err()
+    .unwrap()
+    .to_string();
     assert_eq!(err, "constant revenue=lots is not a valid float64");
 }
