@@ -247,7 +247,8 @@ def main():
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     (REPO / "benches" / "results").mkdir(exist_ok=True)
-    cmdline = "benches/run " + " ".join(sys.argv[1:])
+    shown = [a for i, a in enumerate(sys.argv[1:]) if a != "--tidepool" and (i == 0 or sys.argv[i] != "--tidepool")]
+    cmdline = " ".join(["benches/run"] + shown)
     datasets = {size: prepare(size, args.tidepool, work) for size in args.sizes.split(",")}
     for workload in args.workloads.split(","):
         results = {}
