@@ -14,7 +14,9 @@ use tidepool_engine::storage::S3Options;
 use tidepool_engine::warehouse::ExternalTable;
 use tidepool_engine::{new_session, SessionOptions, Warehouse};
 
-use crate::output::{write_batches, Format};
+use crate::output::{Format, ResultWriter};
+use futures::StreamExt;
+use std::sync::Arc;
 use crate::progress::Bar;
 
 #[derive(Debug, Parser)]
@@ -239,12 +241,12 @@ async fn sql(g: &Global, args: &SqlArgs) -> Result<()> {
         target_partitions: None,
     };
     let ctx = new_session(&options).await?;
-    let mut out: Box<dyn Write> = match &args.output {
+    let mut out: Box<crate::output::Out> = match &args.output {
         Some(path) => Box::new(std::io::BufWriter::new(
             std::fs::File::create(path)
                 .with_context(|| format!("cannot create {}", path.display()))?,
         )),
-        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout())),
     };
     if args.format == Format::Parquet && args.output.is_none() && std::io::stdout().is_terminal() {
         bail!(
@@ -266,7 +268,7 @@ async fn sql(g: &Global, args: &SqlArgs) -> Result<()> {
             s
         }
     };
-    run_statements(&ctx, &text, args.format, args.timing, &mut out).await?;
+    run_statements(&ctx, &text, args.format, args.timing, out.as_mut()).await?;
     out.flush()?;
     Ok(())
 }
@@ -277,7 +279,7 @@ pub async fn run_statements(
     text: &str,
     format: Format,
     timing: bool,
-    out: &mut dyn Write,
+    out: &mut crate::output::Out,
 ) -> Result<()> {
     let statements = DFParser::parse_sql(text)?;
     if statements.is_empty() {
@@ -287,12 +289,19 @@ pub async fn run_statements(
         let started = std::time::Instant::now();
         let plan = ctx.state().statement_to_plan(statement).await?;
         let df = ctx.execute_logical_plan(plan).await?;
-        let batches = df.collect().await?;
+        let schema = Arc::new(df.schema().as_arrow().clone());
+        let mut stream = df.execute_stream().await?;
+        let mut writer = ResultWriter::new(format, schema, out)?;
+        let mut rows = 0;
+        while let Some(batch) = stream.next().await {
+            let batch = batch?;
+            rows += batch.num_rows();
+            writer.write(&batch)?;
+        }
+        writer.finish()?;
         if timing {
-            let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
             eprintln!("-- {:.3} s, {rows} rows", started.elapsed().as_secs_f64());
         }
-        write_batches(format, &batches, out)?;
     }
     Ok(())
 }

@@ -1,10 +1,16 @@
-//! Writing query results as a table, CSV, JSON lines or Parquet.
+//! Writing query results as a table, CSV, JSON lines or Parquet. CSV, JSON and Parquet
+//! are written batch by batch as the query produces them, so an export never holds the
+//! whole result in memory; the table format needs every row to size its columns.
 
 use std::io::Write;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
 use clap::ValueEnum;
+
+/// Where results go: standard output or a file.
+pub type Out = dyn Write + Send;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
@@ -18,59 +24,64 @@ pub enum Format {
     Parquet,
 }
 
-pub fn write_batches(format: Format, batches: &[RecordBatch], out: &mut dyn Write) -> Result<()> {
-    match format {
-        Format::Table => {
-            if batches.iter().all(|b| b.num_rows() == 0) {
-                let names: Vec<&str> = batches
-                    .first()
-                    .map(|b| {
-                        b.schema_ref()
-                            .fields()
-                            .iter()
-                            .map(|f| f.name().as_str())
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                if !names.is_empty() {
-                    writeln!(out, "({} | no rows)", names.join(", "))?;
-                }
-            } else {
-                writeln!(
-                    out,
-                    "{}",
-                    arrow::util::pretty::pretty_format_batches(batches)?
-                )?;
+/// One statement's result being written.
+pub enum ResultWriter<'a> {
+    Table { schema: SchemaRef, batches: Vec<RecordBatch>, out: &'a mut Out },
+    Csv(arrow::csv::Writer<&'a mut Out>),
+    Json(arrow::json::LineDelimitedWriter<&'a mut Out>),
+    Parquet(parquet::arrow::ArrowWriter<&'a mut Out>),
+}
+
+impl<'a> ResultWriter<'a> {
+    pub fn new(format: Format, schema: SchemaRef, out: &'a mut Out) -> Result<Self> {
+        Ok(match format {
+            Format::Table => ResultWriter::Table { schema, batches: vec![], out },
+            Format::Csv => {
+                ResultWriter::Csv(arrow::csv::WriterBuilder::new().with_header(true).build(out))
             }
-        }
-        Format::Csv => {
-            let mut w = arrow::csv::WriterBuilder::new()
-                .with_header(true)
-                .build(&mut *out);
-            for b in batches {
-                w.write(b)?;
+            Format::Json => ResultWriter::Json(arrow::json::LineDelimitedWriter::new(out)),
+            Format::Parquet => {
+                let props = parquet::file::properties::WriterProperties::builder()
+                    .set_compression(parquet::basic::Compression::ZSTD(Default::default()))
+                    .build();
+                ResultWriter::Parquet(
+                    parquet::arrow::ArrowWriter::try_new(out, schema, Some(props))
+                        .context("writing Parquet")?,
+                )
             }
-        }
-        Format::Json => {
-            let mut w = arrow::json::LineDelimitedWriter::new(&mut *out);
-            for b in batches {
-                w.write(b)?;
-            }
-            w.finish()?;
-        }
-        Format::Parquet => {
-            let Some(schema) = batches.first().map(|b| b.schema()) else {
-                bail!("the query returned no schema to write as Parquet");
-            };
-            let mut buf = Vec::new();
-            let mut w = parquet::arrow::ArrowWriter::try_new(&mut buf, schema, None)
-                .context("writing Parquet")?;
-            for b in batches {
-                w.write(b)?;
-            }
-            w.close()?;
-            out.write_all(&buf)?;
-        }
+        })
     }
-    Ok(())
+
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        match self {
+            ResultWriter::Table { batches, .. } => batches.push(batch.clone()),
+            ResultWriter::Csv(w) => w.write(batch)?,
+            ResultWriter::Json(w) => w.write(batch)?,
+            ResultWriter::Parquet(w) => w.write(batch)?,
+        }
+        Ok(())
+    }
+
+    pub fn finish(self) -> Result<()> {
+        match self {
+            ResultWriter::Table { schema, batches, out } => {
+                if batches.iter().all(|b| b.num_rows() == 0) {
+                    // Statements without output (CREATE VIEW, SET) have no columns either.
+                    if !schema.fields().is_empty() {
+                        let names: Vec<&str> =
+                            schema.fields().iter().map(|f| f.name().as_str()).collect();
+                        writeln!(out, "({} | no rows)", names.join(", "))?;
+                    }
+                } else {
+                    writeln!(out, "{}", arrow::util::pretty::pretty_format_batches(&batches)?)?;
+                }
+            }
+            ResultWriter::Csv(_) => {}
+            ResultWriter::Json(mut w) => w.finish()?,
+            ResultWriter::Parquet(w) => {
+                w.close()?;
+            }
+        }
+        Ok(())
+    }
 }

@@ -32,7 +32,7 @@ pub async fn run(ctx: &SessionContext, format: Format, timing: bool) -> Result<(
                 if trimmed.ends_with(';') {
                     let text = std::mem::take(&mut buffer);
                     let _ = editor.add_history_entry(text.trim());
-                    let mut out = std::io::stdout().lock();
+                    let mut out = std::io::stdout();
                     if let Err(e) =
                         crate::cli::run_statements(ctx, &text, format, timing, &mut out).await
                     {
