@@ -15,9 +15,9 @@ use tidepool_engine::warehouse::ExternalTable;
 use tidepool_engine::{new_session, SessionOptions, Warehouse};
 
 use crate::output::{Format, ResultWriter};
+use crate::progress::Bar;
 use futures::StreamExt;
 use std::sync::Arc;
-use crate::progress::Bar;
 
 #[derive(Debug, Parser)]
 #[command(

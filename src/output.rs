@@ -26,7 +26,11 @@ pub enum Format {
 
 /// One statement's result being written.
 pub enum ResultWriter<'a> {
-    Table { schema: SchemaRef, batches: Vec<RecordBatch>, out: &'a mut Out },
+    Table {
+        schema: SchemaRef,
+        batches: Vec<RecordBatch>,
+        out: &'a mut Out,
+    },
     Csv(arrow::csv::Writer<&'a mut Out>),
     Json(arrow::json::LineDelimitedWriter<&'a mut Out>),
     Parquet(parquet::arrow::ArrowWriter<&'a mut Out>),
@@ -35,10 +39,16 @@ pub enum ResultWriter<'a> {
 impl<'a> ResultWriter<'a> {
     pub fn new(format: Format, schema: SchemaRef, out: &'a mut Out) -> Result<Self> {
         Ok(match format {
-            Format::Table => ResultWriter::Table { schema, batches: vec![], out },
-            Format::Csv => {
-                ResultWriter::Csv(arrow::csv::WriterBuilder::new().with_header(true).build(out))
-            }
+            Format::Table => ResultWriter::Table {
+                schema,
+                batches: vec![],
+                out,
+            },
+            Format::Csv => ResultWriter::Csv(
+                arrow::csv::WriterBuilder::new()
+                    .with_header(true)
+                    .build(out),
+            ),
             Format::Json => ResultWriter::Json(arrow::json::LineDelimitedWriter::new(out)),
             Format::Parquet => {
                 let props = parquet::file::properties::WriterProperties::builder()
@@ -64,7 +74,11 @@ impl<'a> ResultWriter<'a> {
 
     pub fn finish(self) -> Result<()> {
         match self {
-            ResultWriter::Table { schema, batches, out } => {
+            ResultWriter::Table {
+                schema,
+                batches,
+                out,
+            } => {
                 if batches.iter().all(|b| b.num_rows() == 0) {
                     // Statements without output (CREATE VIEW, SET) have no columns either.
                     if !schema.fields().is_empty() {
@@ -73,7 +87,11 @@ impl<'a> ResultWriter<'a> {
                         writeln!(out, "({} | no rows)", names.join(", "))?;
                     }
                 } else {
-                    writeln!(out, "{}", arrow::util::pretty::pretty_format_batches(&batches)?)?;
+                    writeln!(
+                        out,
+                        "{}",
+                        arrow::util::pretty::pretty_format_batches(&batches)?
+                    )?;
                 }
             }
             ResultWriter::Csv(_) => {}

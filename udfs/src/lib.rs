@@ -6,6 +6,7 @@
 mod args;
 pub mod funnel;
 mod grouped;
+pub mod retention;
 pub mod window_funnel;
 
 use datafusion::error::Result;
@@ -20,7 +21,11 @@ pub fn scalar_functions() -> Vec<Arc<ScalarUDF>> {
 
 /// Every aggregate function of this crate.
 pub fn aggregate_functions() -> Vec<Arc<AggregateUDF>> {
-    vec![window_funnel::window_funnel_udaf(), funnel::funnel_udaf()]
+    vec![
+        window_funnel::window_funnel_udaf(),
+        funnel::funnel_udaf(),
+        retention::retention_udaf(),
+    ]
 }
 
 /// Every window function of this crate.
