@@ -4,6 +4,7 @@
 //! [`register_all`] so that every session has every function.
 
 mod args;
+pub mod cohort_retention;
 pub mod funnel;
 mod grouped;
 pub mod retention;
@@ -25,6 +26,7 @@ pub fn aggregate_functions() -> Vec<Arc<AggregateUDF>> {
         window_funnel::window_funnel_udaf(),
         funnel::funnel_udaf(),
         retention::retention_udaf(),
+        cohort_retention::cohort_retention_udaf(),
     ]
 }
 

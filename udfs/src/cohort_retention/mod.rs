@@ -1,0 +1,609 @@
+//! `cohort_retention(options, ts, cohort_cond, return_cond, value)`: per person, the
+//! cohort(s) they belong to and the periods they came back in — the rows of a cohort
+//! retention matrix, ready for `unnest` and `GROUP BY cohort_start, period`.
+//!
+//! Docs with examples: `docs/functions/cohort_retention.md`.
+
+mod periods;
+
+use std::str::FromStr;
+use std::sync::{Arc, LazyLock};
+
+use datafusion::arrow::array::timezone::Tz;
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, Date32Builder, Float64Array, Float64Builder,
+    Int32Builder, Int64Array, ListArray, StructArray, TimestampMicrosecondBuilder, UInt8Array,
+};
+use datafusion::arrow::buffer::OffsetBuffer;
+use datafusion::arrow::datatypes::{
+    DataType, Field, FieldRef, Fields, Float64Type, Int64Type, TimeUnit, UInt8Type,
+};
+use datafusion::error::Result;
+use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
+use datafusion::logical_expr::{
+    Accumulator, AggregateUDF, AggregateUDFImpl, Documentation, EmitTo, GroupsAccumulator,
+    Signature, Volatility,
+};
+use datafusion::scalar::ScalarValue;
+
+use crate::args::{coerce_conditions, plan_err, string_literal};
+use crate::grouped::{list_offsets, runs, EvaluateInPlace, GroupedEvents, SingleGroup};
+pub use periods::Unit;
+
+pub const NAME: &str = "cohort_retention";
+const US_PER_DAY: i64 = 86_400_000_000;
+
+pub fn cohort_retention_udaf() -> Arc<AggregateUDF> {
+    static UDAF: LazyLock<Arc<AggregateUDF>> =
+        LazyLock::new(|| Arc::new(AggregateUDF::from(CohortRetention::new())));
+    Arc::clone(&UDAF)
+}
+
+fn err(msg: String) -> datafusion::error::DataFusionError {
+    plan_err(NAME, msg)
+}
+
+/// The options string, parsed.
+#[derive(Debug, Clone)]
+pub struct CohortOptions {
+    pub unit: Unit,
+    /// Periods after the cohort's own (period 0) that are reported.
+    pub periods: i64,
+    pub tz: Tz,
+    pub tz_name: String,
+    /// Every period with a cohort event starts a cohort (else only the first).
+    pub recurring: bool,
+    /// Retained at period k if back in period k or any later one.
+    pub on_or_after: bool,
+    /// Periods are 24 h / 7 days counted from the cohort event, not calendar periods.
+    pub rolling: bool,
+}
+
+impl CohortOptions {
+    pub fn parse(text: &str) -> Result<Self> {
+        let mut o = CohortOptions {
+            unit: Unit::Day,
+            periods: 7,
+            tz: Tz::from_str("UTC").expect("UTC"),
+            tz_name: "UTC".into(),
+            recurring: false,
+            on_or_after: false,
+            rolling: false,
+        };
+        let bad = |k: &str, v: &str, expected: &str| {
+            err(format!("option {k}={v} in argument 1: expected {expected}"))
+        };
+        for part in text.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+            let (k, v) = part
+                .split_once('=')
+                .map(|(k, v)| (k.trim(), v.trim()))
+                .ok_or_else(|| err(format!("option '{part}' in argument 1 is not key=value")))?;
+            match k {
+                "unit" => {
+                    o.unit = match v {
+                        "day" => Unit::Day,
+                        "week" => Unit::Week,
+                        "month" => Unit::Month,
+                        _ => return Err(bad(k, v, "day, week or month")),
+                    }
+                }
+                "periods" => {
+                    o.periods = v
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=1000).contains(n))
+                        .ok_or_else(|| bad(k, v, "a number from 1 to 1000"))?
+                }
+                "tz" => {
+                    o.tz = Tz::from_str(v).map_err(|_| {
+                        bad(
+                            k,
+                            v,
+                            "an IANA time zone like Asia/Shanghai, or an offset like +08:00",
+                        )
+                    })?;
+                    o.tz_name = v.to_string();
+                }
+                "cohort" => {
+                    o.recurring = match v {
+                        "first" => false,
+                        "recurring" => true,
+                        _ => return Err(bad(k, v, "first or recurring")),
+                    }
+                }
+                "retained" => {
+                    o.on_or_after = match v {
+                        "on" => false,
+                        "on_or_after" => true,
+                        _ => return Err(bad(k, v, "on or on_or_after")),
+                    }
+                }
+                "window" => {
+                    o.rolling = match v {
+                        "calendar" => false,
+                        "rolling" => true,
+                        _ => return Err(bad(k, v, "calendar or rolling")),
+                    }
+                }
+                other => {
+                    return Err(err(format!(
+                        "unknown option '{other}' in argument 1 (expected unit, periods, tz, \
+                         cohort, retained, window)"
+                    )))
+                }
+            }
+        }
+        if o.rolling && o.unit == Unit::Month {
+            return Err(err(
+                "window=rolling needs unit=day or unit=week (months vary in length)".into(),
+            ));
+        }
+        if o.rolling && o.recurring {
+            return Err(err("cohort=recurring needs window=calendar".into()));
+        }
+        Ok(o)
+    }
+}
+
+/// One row matching the cohort or the return condition.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CohortEvent {
+    /// Microseconds since the epoch.
+    pub ts: i64,
+    /// Bit 0: the cohort condition held; bit 1: the return condition held.
+    pub flags: u8,
+    /// The value column (NaN when NULL or absent).
+    pub value: f64,
+}
+
+/// One output row: a person in a cohort, at a period offset.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CohortRow {
+    /// When the cohort's period starts (µs, UTC); for rolling windows, the cohort event.
+    pub cohort_start: i64,
+    /// The local date that period starts on, in days since the epoch.
+    pub cohort_date: i32,
+    pub period: i64,
+    /// Sum of the values of the return events in that period (None if there were none).
+    pub value: Option<f64>,
+}
+
+/// The rows of one person, from events sorted by ts.
+pub fn cohort_rows(events: &[CohortEvent], o: &CohortOptions) -> Vec<CohortRow> {
+    let cohorts: Vec<&CohortEvent> = {
+        let mut starts = vec![];
+        let mut last_period = None;
+        for e in events.iter().filter(|e| e.flags & 1 != 0) {
+            let p = periods::calendar_period(e.ts, o.unit, &o.tz);
+            if starts.is_empty() || (o.recurring && last_period != Some(p)) {
+                starts.push(e);
+                last_period = Some(p);
+            }
+            if !o.recurring {
+                break;
+            }
+        }
+        starts
+    };
+    let mut rows = vec![];
+    for c in cohorts {
+        let base = if o.rolling {
+            0
+        } else {
+            periods::calendar_period(c.ts, o.unit, &o.tz)
+        };
+        let offset = |ts: i64| -> i64 {
+            if o.rolling {
+                let len = if o.unit == Unit::Week {
+                    7 * US_PER_DAY
+                } else {
+                    US_PER_DAY
+                };
+                (ts - c.ts).div_euclid(len)
+            } else {
+                periods::calendar_period(ts, o.unit, &o.tz) - base
+            }
+        };
+        let start = if o.rolling {
+            c.ts
+        } else {
+            periods::period_start(base, o.unit, &o.tz)
+        };
+        let first_day = if o.rolling {
+            periods::local_date(c.ts, &o.tz)
+        } else {
+            periods::period_first_day(base, o.unit)
+        };
+        let date = periods::days_since_epoch(first_day) as i32;
+        let mut values: Vec<Option<f64>> = vec![None; o.periods as usize + 1];
+        let mut seen = vec![false; o.periods as usize + 1];
+        let mut furthest = 0i64;
+        // Returns count from the cohort event on; activity before it is not a return.
+        for e in events.iter().filter(|e| e.flags & 2 != 0 && e.ts >= c.ts) {
+            let k = offset(e.ts);
+            furthest = furthest.max(k);
+            if k <= o.periods {
+                seen[k as usize] = true;
+                if !e.value.is_nan() {
+                    let v = values[k as usize].get_or_insert(0.0);
+                    *v += e.value;
+                }
+            }
+        }
+        for k in 0..=o.periods {
+            let retained = k == 0
+                || if o.on_or_after {
+                    furthest >= k
+                } else {
+                    seen[k as usize]
+                };
+            if retained {
+                rows.push(CohortRow {
+                    cohort_start: start,
+                    cohort_date: date,
+                    period: k,
+                    value: values[k as usize],
+                });
+            }
+        }
+    }
+    rows
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct CohortRetention {
+    signature: Signature,
+}
+
+impl Default for CohortRetention {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl CohortRetention {
+    pub fn new() -> Self {
+        CohortRetention {
+            signature: Signature::user_defined(Volatility::Immutable),
+        }
+    }
+}
+
+fn row_fields(tz: Option<&str>) -> Fields {
+    Fields::from(vec![
+        Field::new(
+            "cohort_start",
+            DataType::Timestamp(TimeUnit::Microsecond, tz.map(Into::into)),
+            false,
+        ),
+        Field::new("cohort_date", DataType::Date32, false),
+        Field::new("period", DataType::Int32, false),
+        Field::new("value", DataType::Float64, true),
+    ])
+}
+
+fn item(tz: Option<&str>) -> FieldRef {
+    Arc::new(Field::new_list_field(
+        DataType::Struct(row_fields(tz)),
+        false,
+    ))
+}
+
+impl AggregateUDFImpl for CohortRetention {
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn coerce_types(&self, types: &[DataType]) -> Result<Vec<DataType>> {
+        if types.len() != 5 {
+            return Err(err(format!(
+                "expected cohort_retention(options, ts, cohort_cond, return_cond, value), got {} \
+                 arguments",
+                types.len()
+            )));
+        }
+        if !matches!(
+            types[0],
+            DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8
+        ) {
+            return Err(err(format!(
+                "argument 1 (options) must be a string, got {}",
+                types[0]
+            )));
+        }
+        if !matches!(types[1], DataType::Timestamp(_, _)) {
+            return Err(err(format!(
+                "argument 2 (ts) must be a timestamp, got {}",
+                types[1]
+            )));
+        }
+        let mut out = coerce_conditions(NAME, &types[..4], 2)?;
+        match &types[4] {
+            DataType::Null => out.push(DataType::Float64),
+            t if t.is_numeric() => out.push(DataType::Float64),
+            other => {
+                return Err(err(format!(
+                    "argument 5 (value) must be NULL or a number, got {other}"
+                )))
+            }
+        }
+        Ok(out)
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        // The time zone comes from the options, which are only known with the literal:
+        // cohort_start is given in UTC here and carries its zone through the value.
+        Ok(DataType::List(item(Some("UTC"))))
+    }
+
+    fn is_nullable(&self) -> bool {
+        false
+    }
+
+    fn accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
+        Ok(Box::new(SingleGroup(CohortGroups::new(options_of(&args)?))))
+    }
+
+    fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
+        let list = |name: &str, t: DataType| {
+            Arc::new(Field::new(
+                format!("{}[{name}]", args.name),
+                DataType::List(Arc::new(Field::new_list_field(t, true))),
+                true,
+            ))
+        };
+        Ok(vec![
+            list("ts", DataType::Int64),
+            list("flags", DataType::UInt8),
+            list("value", DataType::Float64),
+        ])
+    }
+
+    fn groups_accumulator_supported(&self, _args: AccumulatorArgs) -> bool {
+        true
+    }
+
+    fn create_groups_accumulator(
+        &self,
+        args: AccumulatorArgs,
+    ) -> Result<Box<dyn GroupsAccumulator>> {
+        Ok(Box::new(CohortGroups::new(options_of(&args)?)))
+    }
+
+    fn documentation(&self) -> Option<&Documentation> {
+        static DOC: LazyLock<Documentation> = LazyLock::new(|| {
+            Documentation::builder(
+                datafusion::logical_expr::DocSection { include: true, label: "tidepool retention", description: None },
+                "Per person, the cohort(s) they belong to and the periods they came back in, as \
+                 a list of {cohort_start, period, value}: unnest it and count per (cohort_start, \
+                 period) for a retention matrix.",
+                "cohort_retention(options, ts, cohort_cond, return_cond, value)",
+            )
+            .with_sql_example(
+                "SELECT r['cohort_start'], r['period'], count(*) FROM (\n  SELECT unnest(cohort_retention('unit=week; periods=8; tz=Asia/Shanghai', event_time,\n    event_name = 'signup', true, NULL)) AS r\n  FROM events GROUP BY coalesce(user_id, anonymous_id))\nGROUP BY 1, 2 ORDER BY 1, 2",
+            )
+            .with_argument("options", "string literal, key=value pairs separated by ';': unit=day|week|month, periods=N, tz=ZONE, cohort=first|recurring, retained=on|on_or_after, window=calendar|rolling")
+            .with_argument("ts", "timestamp")
+            .with_argument("cohort_cond", "boolean: the event that puts a person in a cohort")
+            .with_argument("return_cond", "boolean: the event that counts as coming back")
+            .with_argument("value", "NULL, or a number summed per period (value retention)")
+            .build()
+        });
+        Some(&DOC)
+    }
+}
+
+fn options_of(args: &AccumulatorArgs) -> Result<CohortOptions> {
+    CohortOptions::parse(&string_literal(
+        NAME,
+        &args.exprs[0],
+        "argument 1 (options)",
+    )?)
+}
+
+fn order(e: &CohortEvent) -> (i64, u8) {
+    (e.ts, e.flags)
+}
+
+#[derive(Debug)]
+pub struct CohortGroups {
+    options: CohortOptions,
+    events: GroupedEvents<CohortEvent>,
+}
+
+impl CohortGroups {
+    fn new(options: CohortOptions) -> Self {
+        CohortGroups {
+            options,
+            events: GroupedEvents::default(),
+        }
+    }
+
+    fn add_rows(
+        &mut self,
+        values: &[ArrayRef],
+        filter: Option<&BooleanArray>,
+        group_of: impl Fn(usize) -> usize,
+    ) -> Result<()> {
+        let ts = datafusion::arrow::compute::cast(
+            &values[1],
+            &DataType::Timestamp(TimeUnit::Microsecond, None),
+        )?;
+        let ts = datafusion::arrow::compute::cast(&ts, &DataType::Int64)?;
+        let ts = ts.as_primitive::<Int64Type>();
+        let cohort = values[2].as_boolean();
+        let back = values[3].as_boolean();
+        let value = datafusion::arrow::compute::cast(&values[4], &DataType::Float64)?;
+        let value = value.as_primitive::<Float64Type>();
+        for row in 0..ts.len() {
+            if filter.is_some_and(|f| !(f.is_valid(row) && f.value(row))) || ts.is_null(row) {
+                continue;
+            }
+            let flags = (cohort.is_valid(row) && cohort.value(row)) as u8
+                | (((back.is_valid(row) && back.value(row)) as u8) << 1);
+            if flags == 0 {
+                continue;
+            }
+            let v = if value.is_valid(row) {
+                value.value(row)
+            } else {
+                f64::NAN
+            };
+            self.events.push(
+                group_of(row),
+                CohortEvent {
+                    ts: ts.value(row),
+                    flags,
+                    value: v,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    fn results(&self, entries: &[(u32, CohortEvent)], n: usize) -> ArrayRef {
+        let mut starts =
+            TimestampMicrosecondBuilder::new().with_timezone(self.options.tz_name.as_str());
+        let mut dates = Date32Builder::new();
+        let mut periods = Int32Builder::new();
+        let mut values = Float64Builder::new();
+        let mut lengths = Vec::with_capacity(n);
+        let mut scratch = vec![];
+        for run in runs(entries, n) {
+            scratch.clear();
+            scratch.extend(run.iter().map(|e| e.1));
+            let rows = cohort_rows(&scratch, &self.options);
+            lengths.push(rows.len());
+            for r in rows {
+                starts.append_value(r.cohort_start);
+                dates.append_value(r.cohort_date);
+                periods.append_value(r.period as i32);
+                values.append_option(r.value);
+            }
+        }
+        let tz = Some(self.options.tz_name.as_str());
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(starts.finish()),
+            Arc::new(dates.finish()),
+            Arc::new(periods.finish()),
+            Arc::new(values.finish()),
+        ];
+        let structs = StructArray::new(row_fields(tz), columns, None);
+        // Declared as UTC in the plan; the zone only changes how times print, so cast.
+        let list = ListArray::new(
+            item(tz),
+            OffsetBuffer::from_lengths(lengths),
+            Arc::new(structs),
+            None,
+        );
+        datafusion::arrow::compute::cast(&list, &DataType::List(item(Some("UTC"))))
+            .expect("same values, another zone")
+    }
+
+    fn state_lists(entries: &[(u32, CohortEvent)], n: usize) -> Vec<ArrayRef> {
+        let offsets = list_offsets(entries, n);
+        let list = |values: ArrayRef| -> ArrayRef {
+            let field = Arc::new(Field::new_list_field(values.data_type().clone(), true));
+            Arc::new(ListArray::new(field, offsets.clone(), values, None))
+        };
+        vec![
+            list(Arc::new(Int64Array::from_iter_values(
+                entries.iter().map(|e| e.1.ts),
+            ))),
+            list(Arc::new(UInt8Array::from_iter_values(
+                entries.iter().map(|e| e.1.flags),
+            ))),
+            list(Arc::new(Float64Array::from_iter_values(
+                entries.iter().map(|e| e.1.value),
+            ))),
+        ]
+    }
+}
+
+impl GroupsAccumulator for CohortGroups {
+    fn update_batch(
+        &mut self,
+        values: &[ArrayRef],
+        group_indices: &[usize],
+        opt_filter: Option<&BooleanArray>,
+        total_num_groups: usize,
+    ) -> Result<()> {
+        self.events.saw_groups(total_num_groups);
+        self.add_rows(values, opt_filter, |row| group_indices[row])
+    }
+
+    fn evaluate(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
+        let (entries, n) = self.events.take(emit_to, order);
+        Ok(self.results(&entries, n))
+    }
+
+    fn state(&mut self, emit_to: EmitTo) -> Result<Vec<ArrayRef>> {
+        let (entries, n) = self.events.take(emit_to, order);
+        Ok(Self::state_lists(&entries, n))
+    }
+
+    fn merge_batch(
+        &mut self,
+        values: &[ArrayRef],
+        group_indices: &[usize],
+        total_num_groups: usize,
+    ) -> Result<()> {
+        self.events.saw_groups(total_num_groups);
+        let lists: Vec<&ListArray> = values.iter().map(|v| v.as_list::<i32>()).collect();
+        let ts = lists[0].values().as_primitive::<Int64Type>();
+        let flags = lists[1].values().as_primitive::<UInt8Type>();
+        let value = lists[2].values().as_primitive::<Float64Type>();
+        for (i, &g) in group_indices.iter().enumerate() {
+            if lists[0].is_null(i) {
+                continue;
+            }
+            let offsets = lists[0].value_offsets();
+            for j in offsets[i] as usize..offsets[i + 1] as usize {
+                self.events.push(
+                    g,
+                    CohortEvent {
+                        ts: ts.value(j),
+                        flags: flags.value(j),
+                        value: value.value(j),
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn convert_to_state(
+        &self,
+        values: &[ArrayRef],
+        opt_filter: Option<&BooleanArray>,
+    ) -> Result<Vec<ArrayRef>> {
+        let rows = values[1].len();
+        let mut single = CohortGroups::new(self.options.clone());
+        single.events.saw_groups(rows);
+        single.add_rows(values, opt_filter, |row| row)?;
+        Ok(Self::state_lists(single.events.entries(), rows))
+    }
+
+    fn size(&self) -> usize {
+        self.events.size() + std::mem::size_of::<Self>()
+    }
+}
+
+impl EvaluateInPlace for CohortGroups {
+    fn evaluate_kept(&mut self) -> Result<ScalarValue> {
+        self.events.sort_by_key(order);
+        ScalarValue::try_from_array(&self.results(self.events.entries(), 1), 0)
+    }
+
+    fn state_kept(&mut self) -> Result<Vec<ScalarValue>> {
+        self.events.sort_by_key(order);
+        Self::state_lists(self.events.entries(), 1)
+            .iter()
+            .map(|a| ScalarValue::try_from_array(a, 0))
+            .collect()
+    }
+}
