@@ -7,6 +7,9 @@ mod args;
 pub mod cohort_retention;
 pub mod funnel;
 mod grouped;
+pub mod lifecycle;
+pub mod local_period;
+pub mod periods;
 pub mod retention;
 pub mod window_funnel;
 
@@ -17,7 +20,7 @@ use std::sync::Arc;
 
 /// Every scalar function of this crate.
 pub fn scalar_functions() -> Vec<Arc<ScalarUDF>> {
-    vec![]
+    vec![local_period::local_period_udf()]
 }
 
 /// Every aggregate function of this crate.
@@ -27,6 +30,7 @@ pub fn aggregate_functions() -> Vec<Arc<AggregateUDF>> {
         funnel::funnel_udaf(),
         retention::retention_udaf(),
         cohort_retention::cohort_retention_udaf(),
+        lifecycle::lifecycle_udaf(),
     ]
 }
 

@@ -4,8 +4,6 @@
 //!
 //! Docs with examples: `docs/functions/cohort_retention.md`.
 
-mod periods;
-
 use std::str::FromStr;
 use std::sync::{Arc, LazyLock};
 
@@ -28,7 +26,8 @@ use datafusion::scalar::ScalarValue;
 
 use crate::args::{coerce_conditions, plan_err, string_literal};
 use crate::grouped::{list_offsets, runs, EvaluateInPlace, GroupedEvents, SingleGroup};
-pub use periods::Unit;
+use crate::periods;
+pub use crate::periods::Unit;
 
 pub const NAME: &str = "cohort_retention";
 const US_PER_DAY: i64 = 86_400_000_000;

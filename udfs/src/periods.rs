@@ -12,6 +12,17 @@ pub enum Unit {
     Month,
 }
 
+impl Unit {
+    pub fn parse(s: &str) -> Option<Unit> {
+        match s {
+            "day" => Some(Unit::Day),
+            "week" => Some(Unit::Week),
+            "month" => Some(Unit::Month),
+            _ => None,
+        }
+    }
+}
+
 /// 1970-01-01 was a Thursday, 3 days after Monday 1969-12-29, where week 0 starts.
 const EPOCH_MONDAY: i64 = 3;
 

@@ -1,0 +1,451 @@
+//! `lifecycle(options, ts, active_cond)`: per person, their status in each period —
+//! new, returning, resurrecting, or dormant — as a list of {period_date, status}, so that
+//! one `unnest` and `GROUP BY period_date, status` gives the counts of a lifecycle chart.
+//!
+//! Docs with examples: `docs/functions/lifecycle.md`.
+
+use std::str::FromStr;
+use std::sync::{Arc, LazyLock};
+
+use datafusion::arrow::array::timezone::Tz;
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, Date32Builder, Int64Array, ListArray, StringBuilder,
+    StructArray,
+};
+use datafusion::arrow::buffer::OffsetBuffer;
+use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Fields, Int64Type, TimeUnit};
+use datafusion::error::Result;
+use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
+use datafusion::logical_expr::{
+    Accumulator, AggregateUDF, AggregateUDFImpl, Documentation, EmitTo, GroupsAccumulator,
+    Signature, Volatility,
+};
+use datafusion::scalar::ScalarValue;
+
+use crate::args::{coerce_conditions, plan_err, string_literal};
+use crate::grouped::{list_offsets, runs, EvaluateInPlace, GroupedEvents, SingleGroup};
+use crate::periods::{self, Unit};
+
+pub const NAME: &str = "lifecycle";
+
+pub fn lifecycle_udaf() -> Arc<AggregateUDF> {
+    static UDAF: LazyLock<Arc<AggregateUDF>> =
+        LazyLock::new(|| Arc::new(AggregateUDF::from(Lifecycle::new())));
+    Arc::clone(&UDAF)
+}
+
+#[derive(Debug, Clone)]
+pub struct LifecycleOptions {
+    pub unit: Unit,
+    pub tz: Tz,
+}
+
+impl LifecycleOptions {
+    pub fn parse(text: &str) -> Result<Self> {
+        let mut o = LifecycleOptions {
+            unit: Unit::Week,
+            tz: Tz::from_str("UTC").expect("UTC"),
+        };
+        for part in text.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+            let (k, v) = part
+                .split_once('=')
+                .map(|(k, v)| (k.trim(), v.trim()))
+                .ok_or_else(|| {
+                    plan_err(
+                        NAME,
+                        format!("option '{part}' in argument 1 is not key=value"),
+                    )
+                })?;
+            match k {
+                "unit" => {
+                    o.unit = Unit::parse(v).ok_or_else(|| {
+                        plan_err(
+                            NAME,
+                            format!("option unit={v} in argument 1: expected day, week or month"),
+                        )
+                    })?
+                }
+                "tz" => {
+                    o.tz = Tz::from_str(v).map_err(|_| {
+                        plan_err(
+                            NAME,
+                            format!(
+                            "option tz={v} in argument 1: expected an IANA time zone or an offset"
+                        ),
+                        )
+                    })?
+                }
+                other => {
+                    return Err(plan_err(
+                        NAME,
+                        format!("unknown option '{other}' in argument 1 (expected unit, tz)"),
+                    ))
+                }
+            }
+        }
+        Ok(o)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    New,
+    Returning,
+    Resurrecting,
+    Dormant,
+}
+
+impl Status {
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::New => "new",
+            Status::Returning => "returning",
+            Status::Resurrecting => "resurrecting",
+            Status::Dormant => "dormant",
+        }
+    }
+}
+
+/// Statuses from a person's sorted, distinct active periods: the first active period is
+/// new; an active period after an active one is returning, after a gap resurrecting; the
+/// period after an active one without activity is dormant.
+pub fn statuses(active: &[i64]) -> Vec<(i64, Status)> {
+    let mut out = vec![];
+    for (i, &p) in active.iter().enumerate() {
+        let status = match i {
+            0 => Status::New,
+            _ if active[i - 1] == p - 1 => Status::Returning,
+            _ => Status::Resurrecting,
+        };
+        out.push((p, status));
+        if active.get(i + 1) != Some(&(p + 1)) {
+            out.push((p + 1, Status::Dormant));
+        }
+    }
+    out
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct Lifecycle {
+    signature: Signature,
+}
+
+impl Default for Lifecycle {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Lifecycle {
+    pub fn new() -> Self {
+        Lifecycle {
+            signature: Signature::user_defined(Volatility::Immutable),
+        }
+    }
+}
+
+fn item() -> FieldRef {
+    Arc::new(Field::new_list_field(
+        DataType::Struct(Fields::from(vec![
+            Field::new("period_date", DataType::Date32, false),
+            Field::new("status", DataType::Utf8, false),
+        ])),
+        false,
+    ))
+}
+
+impl AggregateUDFImpl for Lifecycle {
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn coerce_types(&self, types: &[DataType]) -> Result<Vec<DataType>> {
+        if types.len() != 3 {
+            return Err(plan_err(
+                NAME,
+                format!(
+                    "expected lifecycle(options, ts, active_cond), got {} arguments",
+                    types.len()
+                ),
+            ));
+        }
+        if !matches!(
+            types[0],
+            DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8
+        ) {
+            return Err(plan_err(
+                NAME,
+                format!("argument 1 (options) must be a string, got {}", types[0]),
+            ));
+        }
+        if !matches!(types[1], DataType::Timestamp(_, _)) {
+            return Err(plan_err(
+                NAME,
+                format!("argument 2 (ts) must be a timestamp, got {}", types[1]),
+            ));
+        }
+        coerce_conditions(NAME, types, 2)
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::List(item()))
+    }
+
+    fn is_nullable(&self) -> bool {
+        false
+    }
+
+    fn accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
+        Ok(Box::new(SingleGroup(LifecycleGroups::new(options_of(
+            &args,
+        )?))))
+    }
+
+    fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
+        Ok(vec![Arc::new(Field::new(
+            format!("{}[periods]", args.name),
+            DataType::List(Arc::new(Field::new_list_field(DataType::Int64, true))),
+            true,
+        ))])
+    }
+
+    fn groups_accumulator_supported(&self, _args: AccumulatorArgs) -> bool {
+        true
+    }
+
+    fn create_groups_accumulator(
+        &self,
+        args: AccumulatorArgs,
+    ) -> Result<Box<dyn GroupsAccumulator>> {
+        Ok(Box::new(LifecycleGroups::new(options_of(&args)?)))
+    }
+
+    fn documentation(&self) -> Option<&Documentation> {
+        static DOC: LazyLock<Documentation> = LazyLock::new(|| {
+            Documentation::builder(
+                datafusion::logical_expr::DocSection { include: true, label: "tidepool retention", description: None },
+                "Per person, their status in each period (new, returning, resurrecting, dormant) \
+                 as a list of {period_date, status}.",
+                "lifecycle(options, ts, active_cond)",
+            )
+            .with_sql_example("SELECT l['period_date'], l['status'], count(*) FROM (\n  SELECT unnest(lifecycle('unit=week; tz=Asia/Shanghai', event_time, true)) AS l\n  FROM events GROUP BY coalesce(user_id, anonymous_id))\nGROUP BY 1, 2 ORDER BY 1, 2")
+            .with_argument("options", "string literal: unit=day|week|month; tz=ZONE")
+            .with_argument("ts", "timestamp")
+            .with_argument("active_cond", "boolean: which events make a person active")
+            .build()
+        });
+        Some(&DOC)
+    }
+}
+
+fn options_of(args: &AccumulatorArgs) -> Result<LifecycleOptions> {
+    LifecycleOptions::parse(&string_literal(
+        NAME,
+        &args.exprs[0],
+        "argument 1 (options)",
+    )?)
+}
+
+/// Per group, the periods it was active in (duplicates removed when sorted).
+#[derive(Debug)]
+pub struct LifecycleGroups {
+    options: LifecycleOptions,
+    periods: GroupedEvents<i64>,
+}
+
+impl LifecycleGroups {
+    fn new(options: LifecycleOptions) -> Self {
+        LifecycleGroups {
+            options,
+            periods: GroupedEvents::default(),
+        }
+    }
+
+    fn add_rows(
+        &mut self,
+        values: &[ArrayRef],
+        filter: Option<&BooleanArray>,
+        group_of: impl Fn(usize) -> usize,
+    ) -> Result<()> {
+        let ts = datafusion::arrow::compute::cast(
+            &values[1],
+            &DataType::Timestamp(TimeUnit::Microsecond, None),
+        )?;
+        let ts = datafusion::arrow::compute::cast(&ts, &DataType::Int64)?;
+        let ts = ts.as_primitive::<Int64Type>();
+        let active = values[2].as_boolean();
+        let mut last: Option<(usize, i64)> = None;
+        for row in 0..ts.len() {
+            let keep = filter.is_none_or(|f| f.is_valid(row) && f.value(row))
+                && ts.is_valid(row)
+                && active.is_valid(row)
+                && active.value(row);
+            if !keep {
+                continue;
+            }
+            let g = group_of(row);
+            let p = periods::calendar_period(ts.value(row), self.options.unit, &self.options.tz);
+            // Runs of one person in one period are common: keep one entry per run.
+            if last != Some((g, p)) {
+                self.periods.push(g, p);
+                last = Some((g, p));
+            }
+        }
+        Ok(())
+    }
+
+    fn results(&self, entries: &[(u32, i64)], n: usize) -> ArrayRef {
+        let mut dates = Date32Builder::new();
+        let mut names = StringBuilder::new();
+        let mut lengths = Vec::with_capacity(n);
+        let mut active = vec![];
+        for run in runs(entries, n) {
+            active.clear();
+            active.extend(run.iter().map(|e| e.1));
+            active.dedup();
+            let s = statuses(&active);
+            lengths.push(s.len());
+            for (p, status) in s {
+                dates.append_value(periods::days_since_epoch(periods::period_first_day(
+                    p,
+                    self.options.unit,
+                )) as i32);
+                names.append_value(status.name());
+            }
+        }
+        let DataType::Struct(fields) = item().data_type().clone() else {
+            unreachable!()
+        };
+        let structs = StructArray::new(
+            fields,
+            vec![Arc::new(dates.finish()), Arc::new(names.finish())],
+            None,
+        );
+        Arc::new(ListArray::new(
+            item(),
+            OffsetBuffer::from_lengths(lengths),
+            Arc::new(structs),
+            None,
+        ))
+    }
+
+    fn state_list(entries: &[(u32, i64)], n: usize) -> Vec<ArrayRef> {
+        let values = Int64Array::from_iter_values(entries.iter().map(|e| e.1));
+        let field = Arc::new(Field::new_list_field(DataType::Int64, true));
+        vec![Arc::new(ListArray::new(
+            field,
+            list_offsets(entries, n),
+            Arc::new(values),
+            None,
+        ))]
+    }
+}
+
+fn order(p: &i64) -> i64 {
+    *p
+}
+
+impl GroupsAccumulator for LifecycleGroups {
+    fn update_batch(
+        &mut self,
+        values: &[ArrayRef],
+        group_indices: &[usize],
+        opt_filter: Option<&BooleanArray>,
+        total_num_groups: usize,
+    ) -> Result<()> {
+        self.periods.saw_groups(total_num_groups);
+        self.add_rows(values, opt_filter, |row| group_indices[row])
+    }
+
+    fn evaluate(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
+        let (entries, n) = self.periods.take(emit_to, order);
+        Ok(self.results(&entries, n))
+    }
+
+    fn state(&mut self, emit_to: EmitTo) -> Result<Vec<ArrayRef>> {
+        let (entries, n) = self.periods.take(emit_to, order);
+        Ok(Self::state_list(&entries, n))
+    }
+
+    fn merge_batch(
+        &mut self,
+        values: &[ArrayRef],
+        group_indices: &[usize],
+        total_num_groups: usize,
+    ) -> Result<()> {
+        self.periods.saw_groups(total_num_groups);
+        let lists = values[0].as_list::<i32>();
+        let items = lists.values().as_primitive::<Int64Type>();
+        for (i, &g) in group_indices.iter().enumerate() {
+            if lists.is_null(i) {
+                continue;
+            }
+            let offsets = lists.value_offsets();
+            for j in offsets[i] as usize..offsets[i + 1] as usize {
+                self.periods.push(g, items.value(j));
+            }
+        }
+        Ok(())
+    }
+
+    fn convert_to_state(
+        &self,
+        values: &[ArrayRef],
+        opt_filter: Option<&BooleanArray>,
+    ) -> Result<Vec<ArrayRef>> {
+        let rows = values[1].len();
+        let mut single = LifecycleGroups::new(self.options.clone());
+        single.periods.saw_groups(rows);
+        single.add_rows(values, opt_filter, |row| row)?;
+        Ok(Self::state_list(single.periods.entries(), rows))
+    }
+
+    fn size(&self) -> usize {
+        self.periods.size() + std::mem::size_of::<Self>()
+    }
+}
+
+impl EvaluateInPlace for LifecycleGroups {
+    fn evaluate_kept(&mut self) -> Result<ScalarValue> {
+        self.periods.sort_by_key(order);
+        ScalarValue::try_from_array(&self.results(self.periods.entries(), 1), 0)
+    }
+
+    fn state_kept(&mut self) -> Result<Vec<ScalarValue>> {
+        self.periods.sort_by_key(order);
+        Self::state_list(self.periods.entries(), 1)
+            .iter()
+            .map(|a| ScalarValue::try_from_array(a, 0))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_follow_the_active_periods() {
+        let names = |v: Vec<(i64, Status)>| {
+            v.into_iter()
+                .map(|(p, s)| format!("{p}:{}", s.name()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            names(statuses(&[3, 4, 7])),
+            vec![
+                "3:new",
+                "4:returning",
+                "5:dormant",
+                "7:resurrecting",
+                "8:dormant"
+            ]
+        );
+        assert_eq!(names(statuses(&[1])), vec!["1:new", "2:dormant"]);
+        assert!(statuses(&[]).is_empty());
+    }
+}
