@@ -26,6 +26,17 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 PERSON = "coalesce(user_id, anonymous_id)"
 STEPS = ["view_item", "add_to_cart", "begin_checkout", "purchase"]
+# tidepool gen's default first day, and the Mondays of the first four weeks it touches.
+import datetime as _dt
+
+START = _dt.date(2026, 10, 1)
+DAYS = [START + _dt.timedelta(days=i) for i in range(8)]
+COHORT_WEEKS = [START - _dt.timedelta(days=START.weekday()) + _dt.timedelta(weeks=i) for i in range(4)]
+PERIODS = 8
+
+
+def day_range(d):
+    return f"event_time >= TIMESTAMP '{d}T00:00:00Z' AND event_time < TIMESTAMP '{d + _dt.timedelta(days=1)}T00:00:00Z'"
 
 # (people, events, days) per size name.
 SIZES = {
@@ -37,6 +48,19 @@ SIZES = {
 
 def tidepool_sql(workload):
     conds = ", ".join(f"event_name = '{s}'" for s in STEPS)
+    if workload == "retention7":
+        days = ", ".join(day_range(d) for d in DAYS)
+        sums = ", ".join(f"sum(r[{i + 1}])" for i in range(len(DAYS)))
+        return f"SELECT {sums} FROM (SELECT retention({days}) AS r FROM ev GROUP BY {PERSON})"
+    if workload == "retention_matrix":
+        first = COHORT_WEEKS[0]
+        last = COHORT_WEEKS[-1]
+        return (
+            "SELECT r['cohort_date'] AS cohort, r['period'] AS period, count(*) AS people FROM ("
+            f"SELECT unnest(cohort_retention('unit=week; periods={PERIODS}; cohort=recurring', event_time, true, true, NULL)) AS r "
+            f"FROM ev GROUP BY {PERSON}) WHERE r['cohort_date'] BETWEEN DATE '{first}' AND DATE '{last}' "
+            "GROUP BY 1, 2 ORDER BY 1, 2"
+        )
     if workload == "scan":
         return f"SELECT count(*) AS people, sum(n) AS events FROM (SELECT {PERSON} AS p, count(*) AS n FROM ev GROUP BY 1)"
     if workload == "window_funnel":
@@ -51,6 +75,25 @@ def tidepool_sql(workload):
 def clickhouse_sql(workload, path):
     source = f"file('{path}', Parquet)"
     conds = ", ".join(f"event_name = '{s}'" for s in STEPS)
+    if workload == "retention7":
+        days = ", ".join(f"assumeNotNull(toDate(event_time)) = toDate('{d}')" for d in DAYS)
+        sums = ", ".join(f"sum(r[{i + 1}])" for i in range(len(DAYS)))
+        return f"SELECT {sums} FROM (SELECT retention({days}) AS r FROM {source} GROUP BY {PERSON})"
+    if workload == "retention_matrix":
+        # retention per person and cohort week: active in week c, then in each of c+1..c+8.
+        rets = ", ".join(
+            "retention(" + ", ".join(f"w = toDate('{c + _dt.timedelta(weeks=k)}')" for k in range(PERIODS + 1)) + f") AS r{i}"
+            for i, c in enumerate(COHORT_WEEKS)
+        )
+        sums = ", ".join(f"sumForEach(r{i})" for i in range(len(COHORT_WEEKS)))
+        cohorts = ", ".join(f"toDate('{c}')" for c in COHORT_WEEKS)
+        return (
+            f"SELECT cohort, k - 1 AS period, v AS people FROM ("
+            f"SELECT [{cohorts}] AS cohorts, [{sums}] AS sums FROM ("
+            f"SELECT {rets} FROM (SELECT {PERSON} AS p, assumeNotNull(toMonday(event_time)) AS w FROM {source}) GROUP BY p)) "
+            "ARRAY JOIN cohorts AS cohort, sums AS s ARRAY JOIN s AS v, arrayEnumerate(s) AS k "
+            "WHERE v > 0 ORDER BY cohort, period"
+        )
     if workload == "scan":
         return f"SELECT count() AS people, sum(n) AS events FROM (SELECT {PERSON} AS p, count() AS n FROM {source} GROUP BY p)"
     if workload == "window_funnel":
@@ -65,6 +108,18 @@ def clickhouse_sql(workload, path):
 
 def duckdb_sql(workload, path):
     source = f"read_parquet('{path}')"
+    if workload == "retention7":
+        flags = ", ".join(f"bool_or(event_time::date = DATE '{d}') AS d{i}" for i, d in enumerate(DAYS))
+        sums = ", ".join(["sum(d0::int)"] + [f"sum((d0 AND d{i})::int)" for i in range(1, len(DAYS))])
+        return f"SELECT {sums} FROM (SELECT {PERSON} AS p, {flags} FROM {source} GROUP BY p)"
+    if workload == "retention_matrix":
+        first, last = COHORT_WEEKS[0], COHORT_WEEKS[-1]
+        return f"""
+WITH pw AS (SELECT DISTINCT {PERSON} AS p, date_trunc('week', event_time)::date AS w FROM {source})
+SELECT a.w AS cohort, (date_diff('day', a.w, b.w) // 7) AS period, count(*) AS people
+FROM pw a JOIN pw b ON a.p = b.p AND b.w >= a.w AND b.w <= a.w + INTERVAL {PERIODS * 7} DAY
+WHERE a.w BETWEEN DATE '{first}' AND DATE '{last}'
+GROUP BY 1, 2 ORDER BY 1, 2"""
     if workload == "scan":
         return f"SELECT count(*) AS people, sum(n) AS events FROM (SELECT {PERSON} AS p, count(*) AS n FROM {source} GROUP BY 1)"
     if workload == "window_funnel":
@@ -236,7 +291,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="10m,40m")
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--workloads", default="scan,window_funnel")
+    parser.add_argument("--workloads", default="scan,window_funnel,retention7,retention_matrix")
     parser.add_argument("--work", default=str(Path.home() / ".cache" / "tidepool" / "bench"))
     parser.add_argument("--tidepool", default=str(Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target")) / "release" / "tidepool"))
     parser.add_argument("--child")

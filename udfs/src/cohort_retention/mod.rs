@@ -169,38 +169,35 @@ pub struct CohortRow {
 
 /// The rows of one person, from events sorted by ts.
 pub fn cohort_rows(events: &[CohortEvent], o: &CohortOptions) -> Vec<CohortRow> {
-    let cohorts: Vec<&CohortEvent> = {
-        let mut starts = vec![];
-        let mut last_period = None;
-        for e in events.iter().filter(|e| e.flags & 1 != 0) {
-            let p = periods::calendar_period(e.ts, o.unit, &o.tz);
-            if starts.is_empty() || (o.recurring && last_period != Some(p)) {
-                starts.push(e);
-                last_period = Some(p);
-            }
-            if !o.recurring {
-                break;
-            }
+    // Each event's calendar period, computed once: the zone conversion is the costly part.
+    let period_of: Vec<i64> = events
+        .iter()
+        .map(|e| periods::calendar_period(e.ts, o.unit, &o.tz))
+        .collect();
+    let mut cohorts: Vec<usize> = vec![];
+    for (i, _) in events.iter().enumerate().filter(|(_, e)| e.flags & 1 != 0) {
+        let new_period = cohorts.last().is_none_or(|c| period_of[*c] != period_of[i]);
+        if cohorts.is_empty() || (o.recurring && new_period) {
+            cohorts.push(i);
         }
-        starts
-    };
+        if !o.recurring {
+            break;
+        }
+    }
     let mut rows = vec![];
-    for c in cohorts {
-        let base = if o.rolling {
-            0
-        } else {
-            periods::calendar_period(c.ts, o.unit, &o.tz)
-        };
-        let offset = |ts: i64| -> i64 {
+    for c_index in cohorts {
+        let c = &events[c_index];
+        let base = period_of[c_index];
+        let offset = |i: usize| -> i64 {
             if o.rolling {
                 let len = if o.unit == Unit::Week {
                     7 * US_PER_DAY
                 } else {
                     US_PER_DAY
                 };
-                (ts - c.ts).div_euclid(len)
+                (events[i].ts - c.ts).div_euclid(len)
             } else {
-                periods::calendar_period(ts, o.unit, &o.tz) - base
+                period_of[i] - base
             }
         };
         let start = if o.rolling {
@@ -217,15 +214,20 @@ pub fn cohort_rows(events: &[CohortEvent], o: &CohortOptions) -> Vec<CohortRow> 
         let mut values: Vec<Option<f64>> = vec![None; o.periods as usize + 1];
         let mut seen = vec![false; o.periods as usize + 1];
         let mut furthest = 0i64;
-        // Returns count from the cohort event on; activity before it is not a return.
-        for e in events.iter().filter(|e| e.flags & 2 != 0 && e.ts >= c.ts) {
-            let k = offset(e.ts);
+        // Returns count from the cohort event's time on (events are sorted by time);
+        // activity before it is not a return.
+        let from = events.partition_point(|e| e.ts < c.ts);
+        for i in from..events.len() {
+            let e = &events[i];
+            if e.flags & 2 == 0 {
+                continue;
+            }
+            let k = offset(i);
             furthest = furthest.max(k);
             if k <= o.periods {
                 seen[k as usize] = true;
                 if !e.value.is_nan() {
-                    let v = values[k as usize].get_or_insert(0.0);
-                    *v += e.value;
+                    *values[k as usize].get_or_insert(0.0) += e.value;
                 }
             }
         }
