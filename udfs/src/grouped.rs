@@ -158,6 +158,138 @@ impl<G: EvaluateInPlace + std::fmt::Debug + Sync> Accumulator for SingleGroup<G>
     }
 }
 
+/// What an aggregate whose state is a flat buffer of per-group events must say about
+/// its events; [`FlatAggregate`] does the rest (update, emit, partial state, merge,
+/// convert_to_state, and the single-group form).
+pub trait FlatEvents: std::fmt::Debug + Send + Sync + Sized + 'static {
+    type Event: Copy + std::fmt::Debug + Send + Sync + 'static;
+    type Key: Ord;
+
+    /// The order of a group's events.
+    fn key(e: &Self::Event) -> Self::Key;
+
+    /// A spec with the same options and no per-input state (for convert_to_state).
+    fn fresh(&self) -> Self;
+
+    /// Call `push(row, event)` for the events of the input rows the filter keeps.
+    fn add_rows(
+        &mut self,
+        values: &[ArrayRef],
+        filter: Option<&datafusion::arrow::array::BooleanArray>,
+        push: &mut dyn FnMut(usize, Self::Event),
+    ) -> Result<()>;
+
+    /// The results of groups 0..n of sorted `entries`.
+    fn results(&self, entries: &[(u32, Self::Event)], n: usize) -> Result<ArrayRef>;
+
+    /// The partial state (lists) of groups 0..n of sorted `entries`.
+    fn state_lists(&self, entries: &[(u32, Self::Event)], n: usize) -> Vec<ArrayRef>;
+
+    /// Call `push(state_row, event)` for the events in partial states.
+    fn merge_lists(&mut self, states: &[ArrayRef], push: &mut dyn FnMut(usize, Self::Event)) -> Result<()>;
+
+    /// Bytes held besides the event buffer.
+    fn extra_size(&self) -> usize {
+        0
+    }
+}
+
+/// A groups accumulator over a [`FlatEvents`] spec.
+#[derive(Debug)]
+pub struct FlatAggregate<S: FlatEvents> {
+    pub spec: S,
+    events: GroupedEvents<S::Event>,
+}
+
+impl<S: FlatEvents> FlatAggregate<S> {
+    pub fn new(spec: S) -> Self {
+        FlatAggregate { spec, events: GroupedEvents::default() }
+    }
+}
+
+impl<S: FlatEvents> GroupsAccumulator for FlatAggregate<S> {
+    fn update_batch(
+        &mut self,
+        values: &[ArrayRef],
+        group_indices: &[usize],
+        opt_filter: Option<&datafusion::arrow::array::BooleanArray>,
+        total_num_groups: usize,
+    ) -> Result<()> {
+        self.events.saw_groups(total_num_groups);
+        let events = &mut self.events;
+        self.spec.add_rows(values, opt_filter, &mut |row, e| events.push(group_indices[row], e))
+    }
+
+    fn evaluate(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
+        let (entries, n) = self.events.take(emit_to, S::key);
+        self.spec.results(&entries, n)
+    }
+
+    fn state(&mut self, emit_to: EmitTo) -> Result<Vec<ArrayRef>> {
+        let (entries, n) = self.events.take(emit_to, S::key);
+        Ok(self.spec.state_lists(&entries, n))
+    }
+
+    fn merge_batch(
+        &mut self,
+        values: &[ArrayRef],
+        group_indices: &[usize],
+        total_num_groups: usize,
+    ) -> Result<()> {
+        self.events.saw_groups(total_num_groups);
+        let events = &mut self.events;
+        self.spec.merge_lists(values, &mut |row, e| events.push(group_indices[row], e))
+    }
+
+    fn convert_to_state(
+        &self,
+        values: &[ArrayRef],
+        opt_filter: Option<&datafusion::arrow::array::BooleanArray>,
+    ) -> Result<Vec<ArrayRef>> {
+        // Each input row is a group of its own; its events come in row order.
+        let rows = values.first().map(|v| v.len()).unwrap_or(0);
+        let mut spec = self.spec.fresh();
+        let mut events = GroupedEvents::default();
+        events.saw_groups(rows);
+        spec.add_rows(values, opt_filter, &mut |row, e| events.push(row, e))?;
+        Ok(spec.state_lists(events.entries(), rows))
+    }
+
+    fn size(&self) -> usize {
+        self.events.size() + self.spec.extra_size() + std::mem::size_of::<Self>()
+    }
+}
+
+impl<S: FlatEvents> EvaluateInPlace for FlatAggregate<S> {
+    fn evaluate_kept(&mut self) -> Result<ScalarValue> {
+        self.events.sort_by_key(S::key);
+        ScalarValue::try_from_array(&self.spec.results(self.events.entries(), 1)?, 0)
+    }
+
+    fn state_kept(&mut self) -> Result<Vec<ScalarValue>> {
+        self.events.sort_by_key(S::key);
+        self.spec
+            .state_lists(self.events.entries(), 1)
+            .iter()
+            .map(|a| ScalarValue::try_from_array(a, 0))
+            .collect()
+    }
+}
+
+/// Call `f(row, j)` for every element j of every non-null list row of `list`.
+pub fn for_each_element(list: &datafusion::arrow::array::ListArray, mut f: impl FnMut(usize, usize)) {
+    use datafusion::arrow::array::Array;
+    let offsets = list.value_offsets();
+    for row in 0..list.len() {
+        if list.is_null(row) {
+            continue;
+        }
+        for j in offsets[row] as usize..offsets[row + 1] as usize {
+            f(row, j);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -29,7 +29,7 @@ pub use level::{funnel_level, Event};
 pub use options::{FunnelMode, FunnelOptions};
 
 use crate::grouped::SingleGroup;
-use accumulator::FunnelGroups;
+use accumulator::{FunnelGroups, FunnelSpec};
 
 pub const NAME: &str = "window_funnel";
 /// The most conditions one call may have.
@@ -87,7 +87,7 @@ impl AggregateUDFImpl for WindowFunnel {
 
     fn accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
         let options = FunnelOptions::from_args(&args)?;
-        Ok(Box::new(SingleGroup(FunnelGroups::new(options))))
+        Ok(Box::new(SingleGroup(FunnelGroups::new(FunnelSpec::new(options)))))
     }
 
     fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
@@ -113,9 +113,7 @@ impl AggregateUDFImpl for WindowFunnel {
         &self,
         args: AccumulatorArgs,
     ) -> Result<Box<dyn GroupsAccumulator>> {
-        Ok(Box::new(FunnelGroups::new(FunnelOptions::from_args(
-            &args,
-        )?)))
+        Ok(Box::new(FunnelGroups::new(FunnelSpec::new(FunnelOptions::from_args(&args)?))))
     }
 
     fn default_value(&self, _data_type: &DataType) -> Result<datafusion::scalar::ScalarValue> {
