@@ -72,12 +72,6 @@ impl<T: Copy> GroupedEvents<T> {
         &self.entries
     }
 
-    /// All entries, sorted by (group, `key`).
-    pub fn sorted<K: Ord>(&mut self, key: impl Fn(&T) -> K + Copy) -> &[(u32, T)] {
-        self.sort_by_key(key);
-        &self.entries
-    }
-
     /// Remove and return the sorted entries of the groups `emit_to` names, with their
     /// count; the groups left are renumbered from 0.
     pub fn take<K: Ord>(
@@ -186,7 +180,11 @@ pub trait FlatEvents: std::fmt::Debug + Send + Sync + Sized + 'static {
     fn state_lists(&self, entries: &[(u32, Self::Event)], n: usize) -> Vec<ArrayRef>;
 
     /// Call `push(state_row, event)` for the events in partial states.
-    fn merge_lists(&mut self, states: &[ArrayRef], push: &mut dyn FnMut(usize, Self::Event)) -> Result<()>;
+    fn merge_lists(
+        &mut self,
+        states: &[ArrayRef],
+        push: &mut dyn FnMut(usize, Self::Event),
+    ) -> Result<()>;
 
     /// Bytes held besides the event buffer.
     fn extra_size(&self) -> usize {
@@ -203,7 +201,10 @@ pub struct FlatAggregate<S: FlatEvents> {
 
 impl<S: FlatEvents> FlatAggregate<S> {
     pub fn new(spec: S) -> Self {
-        FlatAggregate { spec, events: GroupedEvents::default() }
+        FlatAggregate {
+            spec,
+            events: GroupedEvents::default(),
+        }
     }
 }
 
@@ -217,7 +218,9 @@ impl<S: FlatEvents> GroupsAccumulator for FlatAggregate<S> {
     ) -> Result<()> {
         self.events.saw_groups(total_num_groups);
         let events = &mut self.events;
-        self.spec.add_rows(values, opt_filter, &mut |row, e| events.push(group_indices[row], e))
+        self.spec.add_rows(values, opt_filter, &mut |row, e| {
+            events.push(group_indices[row], e)
+        })
     }
 
     fn evaluate(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
@@ -238,7 +241,8 @@ impl<S: FlatEvents> GroupsAccumulator for FlatAggregate<S> {
     ) -> Result<()> {
         self.events.saw_groups(total_num_groups);
         let events = &mut self.events;
-        self.spec.merge_lists(values, &mut |row, e| events.push(group_indices[row], e))
+        self.spec
+            .merge_lists(values, &mut |row, e| events.push(group_indices[row], e))
     }
 
     fn convert_to_state(
@@ -277,7 +281,10 @@ impl<S: FlatEvents> EvaluateInPlace for FlatAggregate<S> {
 }
 
 /// Call `f(row, j)` for every element j of every non-null list row of `list`.
-pub fn for_each_element(list: &datafusion::arrow::array::ListArray, mut f: impl FnMut(usize, usize)) {
+pub fn for_each_element(
+    list: &datafusion::arrow::array::ListArray,
+    mut f: impl FnMut(usize, usize),
+) {
     use datafusion::arrow::array::Array;
     let offsets = list.value_offsets();
     for row in 0..list.len() {
@@ -301,11 +308,12 @@ mod tests {
         for (group, v) in [(2, 5), (0, 3), (2, 1), (1, 9), (0, 1), (2, 3)] {
             g.push(group, v);
         }
+        g.sort_by_key(|v| *v);
         assert_eq!(
-            g.sorted(|v| *v),
+            g.entries(),
             &[(0, 1), (0, 3), (1, 9), (2, 1), (2, 3), (2, 5)]
         );
-        let lengths: Vec<usize> = runs(g.sorted(|v| *v), 3).map(|r| r.len()).collect();
+        let lengths: Vec<usize> = runs(g.entries(), 3).map(|r| r.len()).collect();
         assert_eq!(lengths, vec![2, 1, 3]);
         let (first, n) = g.take(EmitTo::First(2), |v| *v);
         assert_eq!((first, n), (vec![(0, 1), (0, 3), (1, 9)], 2));

@@ -19,13 +19,14 @@ use datafusion::arrow::datatypes::{
 use datafusion::error::Result;
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::{
-    Accumulator, AggregateUDF, AggregateUDFImpl, Documentation, EmitTo, GroupsAccumulator,
-    Signature, Volatility,
+    Accumulator, AggregateUDF, AggregateUDFImpl, Documentation, GroupsAccumulator, Signature,
+    Volatility,
 };
-use datafusion::scalar::ScalarValue;
 
 use crate::args::{coerce_conditions, plan_err, string_literal};
-use crate::grouped::{list_offsets, runs, EvaluateInPlace, GroupedEvents, SingleGroup};
+use crate::grouped::{
+    for_each_element, list_offsets, runs, FlatAggregate, FlatEvents, SingleGroup,
+};
 use crate::periods;
 pub use crate::periods::Unit;
 
@@ -346,7 +347,9 @@ impl AggregateUDFImpl for CohortRetention {
     }
 
     fn accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
-        Ok(Box::new(SingleGroup(CohortGroups::new(options_of(&args)?))))
+        Ok(Box::new(SingleGroup(CohortGroups::new(CohortSpec {
+            options: options_of(&args)?,
+        }))))
     }
 
     fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
@@ -372,7 +375,9 @@ impl AggregateUDFImpl for CohortRetention {
         &self,
         args: AccumulatorArgs,
     ) -> Result<Box<dyn GroupsAccumulator>> {
-        Ok(Box::new(CohortGroups::new(options_of(&args)?)))
+        Ok(Box::new(CohortGroups::new(CohortSpec {
+            options: options_of(&args)?,
+        })))
     }
 
     fn documentation(&self) -> Option<&Documentation> {
@@ -406,29 +411,19 @@ fn options_of(args: &AccumulatorArgs) -> Result<CohortOptions> {
     )?)
 }
 
-fn order(e: &CohortEvent) -> (i64, u8) {
-    (e.ts, e.flags)
-}
+type CohortGroups = FlatAggregate<CohortSpec>;
 
 #[derive(Debug)]
-pub struct CohortGroups {
+pub struct CohortSpec {
     options: CohortOptions,
-    events: GroupedEvents<CohortEvent>,
 }
 
-impl CohortGroups {
-    fn new(options: CohortOptions) -> Self {
-        CohortGroups {
-            options,
-            events: GroupedEvents::default(),
-        }
-    }
-
-    fn add_rows(
+impl CohortSpec {
+    fn rows(
         &mut self,
         values: &[ArrayRef],
         filter: Option<&BooleanArray>,
-        group_of: impl Fn(usize) -> usize,
+        push: &mut dyn FnMut(usize, CohortEvent),
     ) -> Result<()> {
         let ts = datafusion::arrow::compute::cast(
             &values[1],
@@ -454,8 +449,8 @@ impl CohortGroups {
             } else {
                 f64::NAN
             };
-            self.events.push(
-                group_of(row),
+            push(
+                row,
                 CohortEvent {
                     ts: ts.value(row),
                     flags,
@@ -466,7 +461,7 @@ impl CohortGroups {
         Ok(())
     }
 
-    fn results(&self, entries: &[(u32, CohortEvent)], n: usize) -> ArrayRef {
+    fn matrix_rows(&self, entries: &[(u32, CohortEvent)], n: usize) -> ArrayRef {
         let mut starts =
             TimestampMicrosecondBuilder::new().with_timezone(self.options.tz_name.as_str());
         let mut dates = Date32Builder::new();
@@ -505,7 +500,7 @@ impl CohortGroups {
             .expect("same values, another zone")
     }
 
-    fn state_lists(entries: &[(u32, CohortEvent)], n: usize) -> Vec<ArrayRef> {
+    fn lists(entries: &[(u32, CohortEvent)], n: usize) -> Vec<ArrayRef> {
         let offsets = list_offsets(entries, n);
         let list = |values: ArrayRef| -> ArrayRef {
             let field = Arc::new(Field::new_list_field(values.data_type().clone(), true));
@@ -525,86 +520,64 @@ impl CohortGroups {
     }
 }
 
-impl GroupsAccumulator for CohortGroups {
-    fn update_batch(
-        &mut self,
-        values: &[ArrayRef],
-        group_indices: &[usize],
-        opt_filter: Option<&BooleanArray>,
-        total_num_groups: usize,
-    ) -> Result<()> {
-        self.events.saw_groups(total_num_groups);
-        self.add_rows(values, opt_filter, |row| group_indices[row])
+impl FlatEvents for CohortSpec {
+    type Event = CohortEvent;
+    type Key = (i64, u8);
+
+    fn key(e: &CohortEvent) -> (i64, u8) {
+        (e.ts, e.flags)
     }
 
-    fn evaluate(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
-        let (entries, n) = self.events.take(emit_to, order);
-        Ok(self.results(&entries, n))
-    }
-
-    fn state(&mut self, emit_to: EmitTo) -> Result<Vec<ArrayRef>> {
-        let (entries, n) = self.events.take(emit_to, order);
-        Ok(Self::state_lists(&entries, n))
-    }
-
-    fn merge_batch(
-        &mut self,
-        values: &[ArrayRef],
-        group_indices: &[usize],
-        total_num_groups: usize,
-    ) -> Result<()> {
-        self.events.saw_groups(total_num_groups);
-        let lists: Vec<&ListArray> = values.iter().map(|v| v.as_list::<i32>()).collect();
-        let ts = lists[0].values().as_primitive::<Int64Type>();
-        let flags = lists[1].values().as_primitive::<UInt8Type>();
-        let value = lists[2].values().as_primitive::<Float64Type>();
-        for (i, &g) in group_indices.iter().enumerate() {
-            if lists[0].is_null(i) {
-                continue;
-            }
-            let offsets = lists[0].value_offsets();
-            for j in offsets[i] as usize..offsets[i + 1] as usize {
-                self.events.push(
-                    g,
-                    CohortEvent {
-                        ts: ts.value(j),
-                        flags: flags.value(j),
-                        value: value.value(j),
-                    },
-                );
-            }
+    fn fresh(&self) -> Self {
+        CohortSpec {
+            options: self.options.clone(),
         }
-        Ok(())
     }
 
-    fn convert_to_state(
-        &self,
+    fn add_rows(
+        &mut self,
         values: &[ArrayRef],
-        opt_filter: Option<&BooleanArray>,
-    ) -> Result<Vec<ArrayRef>> {
-        let rows = values[1].len();
-        let mut single = CohortGroups::new(self.options.clone());
-        single.events.saw_groups(rows);
-        single.add_rows(values, opt_filter, |row| row)?;
-        Ok(Self::state_lists(single.events.entries(), rows))
+        filter: Option<&BooleanArray>,
+        push: &mut dyn FnMut(usize, CohortEvent),
+    ) -> Result<()> {
+        self.rows(values, filter, push)
     }
 
-    fn size(&self) -> usize {
-        self.events.size() + std::mem::size_of::<Self>()
-    }
-}
-
-impl EvaluateInPlace for CohortGroups {
-    fn evaluate_kept(&mut self) -> Result<ScalarValue> {
-        self.events.sort_by_key(order);
-        ScalarValue::try_from_array(&self.results(self.events.entries(), 1), 0)
+    fn results(&self, entries: &[(u32, CohortEvent)], n: usize) -> Result<ArrayRef> {
+        Ok(self.matrix_rows(entries, n))
     }
 
-    fn state_kept(&mut self) -> Result<Vec<ScalarValue>> {
-        self.events.sort_by_key(order);
-        Self::state_lists(self.events.entries(), 1)
-            .iter()
-            .map(|a| ScalarValue::try_from_array(a, 0))
-            .collect()
+    fn state_lists(&self, entries: &[(u32, CohortEvent)], n: usize) -> Vec<ArrayRef> {
+        Self::lists(entries, n)
+    }
+
+    fn merge_lists(
+        &mut self,
+        states: &[ArrayRef],
+        push: &mut dyn FnMut(usize, CohortEvent),
+    ) -> Result<()> {
+        let ts = states[0].as_list::<i32>();
+        let ts_values = ts.values().as_primitive::<Int64Type>();
+        let flags = states[1]
+            .as_list::<i32>()
+            .values()
+            .as_primitive::<UInt8Type>()
+            .clone();
+        let value = states[2]
+            .as_list::<i32>()
+            .values()
+            .as_primitive::<Float64Type>()
+            .clone();
+        for_each_element(ts, |row, j| {
+            push(
+                row,
+                CohortEvent {
+                    ts: ts_values.value(j),
+                    flags: flags.value(j),
+                    value: value.value(j),
+                },
+            )
+        });
+        Ok(())
     }
 }

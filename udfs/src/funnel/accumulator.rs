@@ -11,26 +11,20 @@ use datafusion::arrow::array::{
 use datafusion::arrow::buffer::{NullBuffer, OffsetBuffer};
 use datafusion::arrow::datatypes::{DataType, Field, Fields, Int64Type, UInt64Type};
 use datafusion::error::Result;
-use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
-use datafusion::scalar::ScalarValue;
 
 use super::chain::{find_chain, FunnelEvent};
 use super::options::FunnelOptions;
 use super::{ARG_BREAKDOWN, ARG_CONDS, ARG_HOLD, ARG_TIEBREAK, ARG_TS};
-use crate::grouped::{list_offsets, runs, EvaluateInPlace, GroupedEvents};
+use crate::grouped::{for_each_element, list_offsets, runs, FlatAggregate, FlatEvents};
 
-/// Events sort by (ts, tiebreak, row).
-fn order(e: &FunnelEvent) -> (i64, i64, u64) {
-    (e.ts, e.tiebreak, e.row)
-}
+pub type FunnelGroups = FlatAggregate<FunnelSpec>;
 
 #[derive(Debug)]
-pub struct FunnelGroups {
+pub struct FunnelSpec {
     options: FunnelOptions,
     /// The type of `ts`, which entry_time and step_times keep.
     time_type: DataType,
     result_fields: Fields,
-    events: GroupedEvents<FunnelEvent>,
     strings: Vec<String>,
     string_ids: HashMap<String, u32>,
     next_row: u64,
@@ -48,13 +42,12 @@ fn as_text(a: &ArrayRef) -> Result<StringArray> {
         .clone())
 }
 
-impl FunnelGroups {
+impl FunnelSpec {
     pub fn new(options: FunnelOptions, time_type: DataType, result_fields: Fields) -> Self {
-        FunnelGroups {
+        FunnelSpec {
             options,
             time_type,
             result_fields,
-            events: GroupedEvents::default(),
             strings: vec![],
             string_ids: HashMap::new(),
             next_row: 0,
@@ -78,11 +71,11 @@ impl FunnelGroups {
     }
 
     /// Append the matched rows of `values` (all the call's arguments).
-    fn add_rows(
+    fn add_matching_rows(
         &mut self,
         values: &[ArrayRef],
         filter: Option<&BooleanArray>,
-        group_of: impl Fn(usize) -> usize,
+        push: &mut dyn FnMut(usize, FunnelEvent),
     ) -> Result<()> {
         let ts = as_i64(&values[ARG_TS])?;
         let tiebreak = as_i64(&values[ARG_TIEBREAK])?;
@@ -119,12 +112,12 @@ impl FunnelGroups {
                 hold: hold_id,
                 breakdown: breakdown_id,
             };
-            self.events.push(group_of(row), event);
+            push(row, event);
         }
         Ok(())
     }
 
-    fn results(&self, entries: &[(u32, FunnelEvent)], n: usize) -> Result<ArrayRef> {
+    fn chains(&self, entries: &[(u32, FunnelEvent)], n: usize) -> Result<ArrayRef> {
         let steps = self.options.steps;
         let mut level = UInt8Builder::with_capacity(n);
         let mut entry_time = PrimitiveBuilder::<Int64Type>::with_capacity(n);
@@ -174,7 +167,7 @@ impl FunnelGroups {
         )))
     }
 
-    fn state_lists(&self, entries: &[(u32, FunnelEvent)], n: usize) -> Vec<ArrayRef> {
+    fn lists(&self, entries: &[(u32, FunnelEvent)], n: usize) -> Vec<ArrayRef> {
         let offsets = list_offsets(entries, n);
         let list = |values: ArrayRef| -> ArrayRef {
             let field = Arc::new(Field::new_list_field(values.data_type().clone(), true));
@@ -205,106 +198,76 @@ impl FunnelGroups {
     }
 }
 
-impl GroupsAccumulator for FunnelGroups {
-    fn update_batch(
+impl FlatEvents for FunnelSpec {
+    type Event = FunnelEvent;
+    type Key = (i64, i64, u64);
+
+    /// Events sort by (ts, tiebreak, row).
+    fn key(e: &FunnelEvent) -> (i64, i64, u64) {
+        (e.ts, e.tiebreak, e.row)
+    }
+
+    fn fresh(&self) -> Self {
+        FunnelSpec::new(
+            self.options.clone(),
+            self.time_type.clone(),
+            self.result_fields.clone(),
+        )
+    }
+
+    fn add_rows(
         &mut self,
         values: &[ArrayRef],
-        group_indices: &[usize],
-        opt_filter: Option<&BooleanArray>,
-        total_num_groups: usize,
+        filter: Option<&BooleanArray>,
+        push: &mut dyn FnMut(usize, FunnelEvent),
     ) -> Result<()> {
-        self.events.saw_groups(total_num_groups);
-        self.add_rows(values, opt_filter, |row| group_indices[row])
+        self.add_matching_rows(values, filter, push)
     }
 
-    fn evaluate(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
-        let (entries, n) = self.events.take(emit_to, order);
-        self.results(&entries, n)
+    fn results(&self, entries: &[(u32, FunnelEvent)], n: usize) -> Result<ArrayRef> {
+        self.chains(entries, n)
     }
 
-    fn state(&mut self, emit_to: EmitTo) -> Result<Vec<ArrayRef>> {
-        let (entries, n) = self.events.take(emit_to, order);
-        Ok(self.state_lists(&entries, n))
+    fn state_lists(&self, entries: &[(u32, FunnelEvent)], n: usize) -> Vec<ArrayRef> {
+        self.lists(entries, n)
     }
 
-    fn merge_batch(
+    fn merge_lists(
         &mut self,
-        values: &[ArrayRef],
-        group_indices: &[usize],
-        total_num_groups: usize,
+        states: &[ArrayRef],
+        push: &mut dyn FnMut(usize, FunnelEvent),
     ) -> Result<()> {
-        self.events.saw_groups(total_num_groups);
-        let lists: Vec<&ListArray> = values.iter().map(|v| v.as_list::<i32>()).collect();
+        let lists: Vec<&ListArray> = states.iter().map(|v| v.as_list::<i32>()).collect();
         let ts = lists[0].values().as_primitive::<Int64Type>().clone();
         let tiebreak = lists[1].values().as_primitive::<Int64Type>().clone();
         let row = lists[2].values().as_primitive::<UInt64Type>().clone();
         let mask = lists[3].values().as_primitive::<UInt64Type>().clone();
         let hold = lists[4].values().as_string::<i32>().clone();
         let breakdown = lists[5].values().as_string::<i32>().clone();
-        for (i, &g) in group_indices.iter().enumerate() {
-            if lists[0].is_null(i) {
-                continue;
+        // Rows of each partial state get ids of their own, after the ones seen so far.
+        let (mut current, mut base) = (usize::MAX, 0);
+        for_each_element(lists[0], |i, j| {
+            if i != current {
+                current = i;
+                base = self.next_row;
             }
-            let base = self.next_row;
-            let offsets = lists[0].value_offsets();
-            for j in offsets[i] as usize..offsets[i + 1] as usize {
-                let hold_id = self.intern(hold.is_valid(j).then(|| hold.value(j)));
-                let breakdown_id = self.intern(breakdown.is_valid(j).then(|| breakdown.value(j)));
-                let event = FunnelEvent {
-                    ts: ts.value(j),
-                    tiebreak: tiebreak.value(j),
-                    row: base + row.value(j),
-                    mask: mask.value(j),
-                    hold: hold_id,
-                    breakdown: breakdown_id,
-                };
-                self.next_row = self.next_row.max(event.row + 1);
-                self.events.push(g, event);
-            }
-        }
+            let hold_id = self.intern(hold.is_valid(j).then(|| hold.value(j)));
+            let breakdown_id = self.intern(breakdown.is_valid(j).then(|| breakdown.value(j)));
+            let event = FunnelEvent {
+                ts: ts.value(j),
+                tiebreak: tiebreak.value(j),
+                row: base + row.value(j),
+                mask: mask.value(j),
+                hold: hold_id,
+                breakdown: breakdown_id,
+            };
+            self.next_row = self.next_row.max(event.row + 1);
+            push(i, event);
+        });
         Ok(())
     }
 
-    fn convert_to_state(
-        &self,
-        values: &[ArrayRef],
-        opt_filter: Option<&BooleanArray>,
-    ) -> Result<Vec<ArrayRef>> {
-        let rows = values[ARG_TS].len();
-        let mut single = FunnelGroups::new(
-            self.options.clone(),
-            self.time_type.clone(),
-            self.result_fields.clone(),
-        );
-        single.events.saw_groups(rows);
-        single.add_rows(values, opt_filter, |row| row)?;
-        // One row per state: its events already come in order.
-        Ok(single.state_lists(single.events.entries(), rows))
-    }
-
-    fn size(&self) -> usize {
-        self.events.size()
-            + self
-                .strings
-                .iter()
-                .map(|s| s.capacity() * 2 + 48)
-                .sum::<usize>()
-            + std::mem::size_of::<Self>()
-    }
-}
-
-impl EvaluateInPlace for FunnelGroups {
-    fn evaluate_kept(&mut self) -> Result<ScalarValue> {
-        self.events.sort_by_key(order);
-        let result = self.results(self.events.entries(), 1)?;
-        ScalarValue::try_from_array(&result, 0)
-    }
-
-    fn state_kept(&mut self) -> Result<Vec<ScalarValue>> {
-        self.events.sort_by_key(order);
-        self.state_lists(self.events.entries(), 1)
-            .iter()
-            .map(|a| ScalarValue::try_from_array(a, 0))
-            .collect()
+    fn extra_size(&self) -> usize {
+        self.strings.iter().map(|s| s.capacity() * 2 + 48).sum()
     }
 }

@@ -26,7 +26,7 @@ pub use options::{Entry, Exclusion, FunnelOptions, Ties};
 
 use crate::args::{coerce_conditions, literal, string_literal};
 use crate::grouped::SingleGroup;
-use accumulator::FunnelGroups;
+use accumulator::{FunnelGroups, FunnelSpec};
 
 pub const NAME: &str = "funnel";
 const ARG_WINDOW: usize = 0;
@@ -221,10 +221,10 @@ impl AggregateUDFImpl for Funnel {
 impl Funnel {
     fn groups(&self, args: &AccumulatorArgs) -> Result<FunnelGroups> {
         let ts = args.expr_fields[ARG_TS].data_type();
-        Ok(FunnelGroups::new(
+        Ok(FunnelGroups::new(FunnelSpec::new(
             options_from(args)?,
             time_type(ts),
             result_fields(ts),
-        ))
+        )))
     }
 }

@@ -17,13 +17,14 @@ use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Fields, Int64Type,
 use datafusion::error::Result;
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::{
-    Accumulator, AggregateUDF, AggregateUDFImpl, Documentation, EmitTo, GroupsAccumulator,
-    Signature, Volatility,
+    Accumulator, AggregateUDF, AggregateUDFImpl, Documentation, GroupsAccumulator, Signature,
+    Volatility,
 };
-use datafusion::scalar::ScalarValue;
 
 use crate::args::{coerce_conditions, plan_err, string_literal};
-use crate::grouped::{list_offsets, runs, EvaluateInPlace, GroupedEvents, SingleGroup};
+use crate::grouped::{
+    for_each_element, list_offsets, runs, FlatAggregate, FlatEvents, SingleGroup,
+};
 use crate::periods::{self, Unit};
 
 pub const NAME: &str = "lifecycle";
@@ -200,9 +201,9 @@ impl AggregateUDFImpl for Lifecycle {
     }
 
     fn accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
-        Ok(Box::new(SingleGroup(LifecycleGroups::new(options_of(
-            &args,
-        )?))))
+        Ok(Box::new(SingleGroup(LifecycleGroups::new(LifecycleSpec {
+            options: options_of(&args)?,
+        }))))
     }
 
     fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
@@ -221,7 +222,9 @@ impl AggregateUDFImpl for Lifecycle {
         &self,
         args: AccumulatorArgs,
     ) -> Result<Box<dyn GroupsAccumulator>> {
-        Ok(Box::new(LifecycleGroups::new(options_of(&args)?)))
+        Ok(Box::new(LifecycleGroups::new(LifecycleSpec {
+            options: options_of(&args)?,
+        })))
     }
 
     fn documentation(&self) -> Option<&Documentation> {
@@ -250,26 +253,20 @@ fn options_of(args: &AccumulatorArgs) -> Result<LifecycleOptions> {
     )?)
 }
 
+type LifecycleGroups = FlatAggregate<LifecycleSpec>;
+
 /// Per group, the periods it was active in (duplicates removed when sorted).
 #[derive(Debug)]
-pub struct LifecycleGroups {
+pub struct LifecycleSpec {
     options: LifecycleOptions,
-    periods: GroupedEvents<i64>,
 }
 
-impl LifecycleGroups {
-    fn new(options: LifecycleOptions) -> Self {
-        LifecycleGroups {
-            options,
-            periods: GroupedEvents::default(),
-        }
-    }
-
-    fn add_rows(
+impl LifecycleSpec {
+    fn rows(
         &mut self,
         values: &[ArrayRef],
         filter: Option<&BooleanArray>,
-        group_of: impl Fn(usize) -> usize,
+        push: &mut dyn FnMut(usize, i64),
     ) -> Result<()> {
         let ts = datafusion::arrow::compute::cast(
             &values[1],
@@ -287,18 +284,17 @@ impl LifecycleGroups {
             if !keep {
                 continue;
             }
-            let g = group_of(row);
             let p = periods::calendar_period(ts.value(row), self.options.unit, &self.options.tz);
-            // Runs of one person in one period are common: keep one entry per run.
-            if last != Some((g, p)) {
-                self.periods.push(g, p);
-                last = Some((g, p));
+            // Runs of one row's group in one period are common: keep one entry per run.
+            if last != Some((row, p)) {
+                push(row, p);
+                last = Some((row, p));
             }
         }
         Ok(())
     }
 
-    fn results(&self, entries: &[(u32, i64)], n: usize) -> ArrayRef {
+    fn period_statuses(&self, entries: &[(u32, i64)], n: usize) -> ArrayRef {
         let mut dates = Date32Builder::new();
         let mut names = StringBuilder::new();
         let mut lengths = Vec::with_capacity(n);
@@ -345,82 +341,42 @@ impl LifecycleGroups {
     }
 }
 
-fn order(p: &i64) -> i64 {
-    *p
-}
+impl FlatEvents for LifecycleSpec {
+    type Event = i64;
+    type Key = i64;
 
-impl GroupsAccumulator for LifecycleGroups {
-    fn update_batch(
-        &mut self,
-        values: &[ArrayRef],
-        group_indices: &[usize],
-        opt_filter: Option<&BooleanArray>,
-        total_num_groups: usize,
-    ) -> Result<()> {
-        self.periods.saw_groups(total_num_groups);
-        self.add_rows(values, opt_filter, |row| group_indices[row])
+    fn key(p: &i64) -> i64 {
+        *p
     }
 
-    fn evaluate(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
-        let (entries, n) = self.periods.take(emit_to, order);
-        Ok(self.results(&entries, n))
-    }
-
-    fn state(&mut self, emit_to: EmitTo) -> Result<Vec<ArrayRef>> {
-        let (entries, n) = self.periods.take(emit_to, order);
-        Ok(Self::state_list(&entries, n))
-    }
-
-    fn merge_batch(
-        &mut self,
-        values: &[ArrayRef],
-        group_indices: &[usize],
-        total_num_groups: usize,
-    ) -> Result<()> {
-        self.periods.saw_groups(total_num_groups);
-        let lists = values[0].as_list::<i32>();
-        let items = lists.values().as_primitive::<Int64Type>();
-        for (i, &g) in group_indices.iter().enumerate() {
-            if lists.is_null(i) {
-                continue;
-            }
-            let offsets = lists.value_offsets();
-            for j in offsets[i] as usize..offsets[i + 1] as usize {
-                self.periods.push(g, items.value(j));
-            }
+    fn fresh(&self) -> Self {
+        LifecycleSpec {
+            options: self.options.clone(),
         }
-        Ok(())
     }
 
-    fn convert_to_state(
-        &self,
+    fn add_rows(
+        &mut self,
         values: &[ArrayRef],
-        opt_filter: Option<&BooleanArray>,
-    ) -> Result<Vec<ArrayRef>> {
-        let rows = values[1].len();
-        let mut single = LifecycleGroups::new(self.options.clone());
-        single.periods.saw_groups(rows);
-        single.add_rows(values, opt_filter, |row| row)?;
-        Ok(Self::state_list(single.periods.entries(), rows))
+        filter: Option<&BooleanArray>,
+        push: &mut dyn FnMut(usize, i64),
+    ) -> Result<()> {
+        self.rows(values, filter, push)
     }
 
-    fn size(&self) -> usize {
-        self.periods.size() + std::mem::size_of::<Self>()
-    }
-}
-
-impl EvaluateInPlace for LifecycleGroups {
-    fn evaluate_kept(&mut self) -> Result<ScalarValue> {
-        self.periods.sort_by_key(order);
-        ScalarValue::try_from_array(&self.results(self.periods.entries(), 1), 0)
+    fn results(&self, entries: &[(u32, i64)], n: usize) -> Result<ArrayRef> {
+        Ok(self.period_statuses(entries, n))
     }
 
-    fn state_kept(&mut self) -> Result<Vec<ScalarValue>> {
-        self.periods.sort_by_key(order);
-        Self::state_list(self.periods.entries(), 1)
-            .iter()
-            .map(|a| ScalarValue::try_from_array(a, 0))
-            .collect()
+    fn state_lists(&self, entries: &[(u32, i64)], n: usize) -> Vec<ArrayRef> {
+        Self::state_list(entries, n)
+    }
+
+    fn merge_lists(&mut self, states: &[ArrayRef], push: &mut dyn FnMut(usize, i64)) -> Result<()> {
+        let lists = states[0].as_list::<i32>();
+        let items = lists.values().as_primitive::<Int64Type>();
+        for_each_element(lists, |row, j| push(row, items.value(j)));
+        Ok(())
     }
 }
 

@@ -29,7 +29,10 @@ pub struct FunnelSpec {
 
 impl FunnelSpec {
     pub fn new(options: FunnelOptions) -> Self {
-        FunnelSpec { options, next_row: 0 }
+        FunnelSpec {
+            options,
+            next_row: 0,
+        }
     }
 
     fn events_of(
@@ -111,7 +114,6 @@ impl FunnelSpec {
         row_id += ts.len() as u64;
         Ok(row_id)
     }
-
 }
 
 fn timestamps_as_i64(ts: &ArrayRef) -> Result<Int64Array> {
@@ -165,14 +167,30 @@ impl FlatEvents for FunnelSpec {
             let field = Arc::new(Field::new_list_field(values.data_type().clone(), false));
             Arc::new(ListArray::new(field, offsets.clone(), values, None))
         };
-        vec![list(Arc::new(ts)), list(Arc::new(step)), list(Arc::new(row))]
+        vec![
+            list(Arc::new(ts)),
+            list(Arc::new(step)),
+            list(Arc::new(row)),
+        ]
     }
 
-    fn merge_lists(&mut self, states: &[ArrayRef], push: &mut dyn FnMut(usize, Event)) -> Result<()> {
+    fn merge_lists(
+        &mut self,
+        states: &[ArrayRef],
+        push: &mut dyn FnMut(usize, Event),
+    ) -> Result<()> {
         let ts = states[0].as_list::<i32>();
         let ts_values = ts.values().as_primitive::<Int64Type>();
-        let step_values = states[1].as_list::<i32>().values().as_primitive::<UInt8Type>().clone();
-        let row_values = states[2].as_list::<i32>().values().as_primitive::<UInt64Type>().clone();
+        let step_values = states[1]
+            .as_list::<i32>()
+            .values()
+            .as_primitive::<UInt8Type>()
+            .clone();
+        let row_values = states[2]
+            .as_list::<i32>()
+            .values()
+            .as_primitive::<UInt64Type>()
+            .clone();
         // Rows of each partial state get ids of their own, after the ones seen so far.
         let (mut current, mut base) = (usize::MAX, 0);
         for_each_element(ts, |row, j| {

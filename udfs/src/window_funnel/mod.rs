@@ -87,7 +87,9 @@ impl AggregateUDFImpl for WindowFunnel {
 
     fn accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
         let options = FunnelOptions::from_args(&args)?;
-        Ok(Box::new(SingleGroup(FunnelGroups::new(FunnelSpec::new(options)))))
+        Ok(Box::new(SingleGroup(FunnelGroups::new(FunnelSpec::new(
+            options,
+        )))))
     }
 
     fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
@@ -113,7 +115,9 @@ impl AggregateUDFImpl for WindowFunnel {
         &self,
         args: AccumulatorArgs,
     ) -> Result<Box<dyn GroupsAccumulator>> {
-        Ok(Box::new(FunnelGroups::new(FunnelSpec::new(FunnelOptions::from_args(&args)?))))
+        Ok(Box::new(FunnelGroups::new(FunnelSpec::new(
+            FunnelOptions::from_args(&args)?,
+        ))))
     }
 
     fn default_value(&self, _data_type: &DataType) -> Result<datafusion::scalar::ScalarValue> {
