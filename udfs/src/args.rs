@@ -64,3 +64,26 @@ pub fn coerce_conditions(
     }
     Ok(out)
 }
+
+/// The `key=value` pairs of an options string (separated by `;`), trimmed; `argument`
+/// names the argument in errors, e.g. "argument 2".
+pub fn key_values<'a>(
+    function: &str,
+    text: &'a str,
+    argument: &str,
+) -> Result<Vec<(&'a str, &'a str)>> {
+    text.split(';')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|part| {
+            part.split_once('=')
+                .map(|(k, v)| (k.trim(), v.trim()))
+                .ok_or_else(|| {
+                    plan_err(
+                        function,
+                        format!("option '{part}' in {argument} is not key=value"),
+                    )
+                })
+        })
+        .collect()
+}

@@ -23,7 +23,7 @@ use datafusion::logical_expr::{
     Volatility,
 };
 
-use crate::args::{coerce_conditions, plan_err, string_literal};
+use crate::args::{coerce_conditions, key_values, plan_err, string_literal};
 use crate::grouped::{
     for_each_element, list_offsets, runs, FlatAggregate, FlatEvents, SingleGroup,
 };
@@ -73,11 +73,7 @@ impl CohortOptions {
         let bad = |k: &str, v: &str, expected: &str| {
             err(format!("option {k}={v} in argument 1: expected {expected}"))
         };
-        for part in text.split(';').map(str::trim).filter(|p| !p.is_empty()) {
-            let (k, v) = part
-                .split_once('=')
-                .map(|(k, v)| (k.trim(), v.trim()))
-                .ok_or_else(|| err(format!("option '{part}' in argument 1 is not key=value")))?;
+        for (k, v) in key_values(NAME, text, "argument 1")? {
             match k {
                 "unit" => {
                     o.unit = match v {

@@ -5,6 +5,7 @@ use datafusion::error::Result;
 use datafusion::scalar::ScalarValue;
 
 use super::plan_err;
+use crate::args::key_values;
 use crate::window_funnel::options::window_in_ts_units;
 
 /// Which step-1 event a person's chain starts from.
@@ -75,13 +76,7 @@ impl FunnelOptions {
         };
         let mut step_windows_text: Option<String> = None;
         let mut exclusions_text: Option<String> = None;
-        for part in text.split(';').map(str::trim).filter(|p| !p.is_empty()) {
-            let (key, value) = part
-                .split_once('=')
-                .map(|(k, v)| (k.trim(), v.trim()))
-                .ok_or_else(|| {
-                    plan_err(format!("option '{part}' in argument 2 is not key=value"))
-                })?;
+        for (key, value) in key_values(super::NAME, text, "argument 2")? {
             match key {
                 "entry" => {
                     o.entry = match value {

@@ -21,7 +21,7 @@ use datafusion::logical_expr::{
     Volatility,
 };
 
-use crate::args::{coerce_conditions, plan_err, string_literal};
+use crate::args::{coerce_conditions, key_values, plan_err, string_literal};
 use crate::grouped::{
     for_each_element, list_offsets, runs, FlatAggregate, FlatEvents, SingleGroup,
 };
@@ -47,16 +47,7 @@ impl LifecycleOptions {
             unit: Unit::Week,
             tz: Tz::from_str("UTC").expect("UTC"),
         };
-        for part in text.split(';').map(str::trim).filter(|p| !p.is_empty()) {
-            let (k, v) = part
-                .split_once('=')
-                .map(|(k, v)| (k.trim(), v.trim()))
-                .ok_or_else(|| {
-                    plan_err(
-                        NAME,
-                        format!("option '{part}' in argument 1 is not key=value"),
-                    )
-                })?;
+        for (k, v) in key_values(NAME, text, "argument 1")? {
             match k {
                 "unit" => {
                     o.unit = Unit::parse(v).ok_or_else(|| {
