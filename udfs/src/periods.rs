@@ -26,9 +26,46 @@ impl Unit {
 /// 1970-01-01 was a Thursday, 3 days after Monday 1969-12-29, where week 0 starts.
 const EPOCH_MONDAY: i64 = 3;
 
-pub fn local_date(us: i64, tz: &Tz) -> NaiveDate {
+/// A time zone's calendar. Zones whose offset never changes (UTC, `+08:00`) skip the
+/// time-zone database: their local date is plain arithmetic.
+#[derive(Debug, Clone)]
+pub struct Calendar {
+    tz: Tz,
+    /// The offset in microseconds, for a zone that always has the same one.
+    fixed_offset_us: Option<i64>,
+}
+
+impl Calendar {
+    /// An IANA zone name (`Asia/Shanghai`) or an offset (`+08:00`).
+    pub fn parse(name: &str) -> Option<Calendar> {
+        let tz: Tz = name.parse().ok()?;
+        // Sample the offset twice a year over two centuries: constant means fixed.
+        let offset_at = |secs: i64| {
+            let t = DateTime::<Utc>::from_timestamp(secs, 0)
+                .expect("in range")
+                .naive_utc();
+            chrono::Offset::fix(&tz.offset_from_utc_datetime(&t)).local_minus_utc() as i64
+        };
+        let first = offset_at(-2_208_988_800); // 1900
+        let fixed = (0..400).all(|i| offset_at(-2_208_988_800 + i * 15_778_800) == first);
+        Some(Calendar {
+            tz,
+            fixed_offset_us: fixed.then_some(first * 1_000_000),
+        })
+    }
+
+    pub fn tz(&self) -> &Tz {
+        &self.tz
+    }
+}
+
+pub fn local_date(us: i64, calendar: &Calendar) -> NaiveDate {
+    if let Some(offset) = calendar.fixed_offset_us {
+        let days = (us + offset).div_euclid(86_400_000_000);
+        return NaiveDate::from_num_days_from_ce_opt((days + 719_163) as i32).unwrap_or_default();
+    }
     let utc = DateTime::<Utc>::from_timestamp_micros(us).unwrap_or_default();
-    tz.from_utc_datetime(&utc.naive_utc()).date_naive()
+    calendar.tz.from_utc_datetime(&utc.naive_utc()).date_naive()
 }
 
 pub fn days_since_epoch(d: NaiveDate) -> i64 {
@@ -37,8 +74,16 @@ pub fn days_since_epoch(d: NaiveDate) -> i64 {
 }
 
 /// The number of the calendar period `us` falls in (consecutive periods differ by 1).
-pub fn calendar_period(us: i64, unit: Unit, tz: &Tz) -> i64 {
-    let d = local_date(us, tz);
+pub fn calendar_period(us: i64, unit: Unit, calendar: &Calendar) -> i64 {
+    if let (Some(offset), Unit::Day | Unit::Week) = (calendar.fixed_offset_us, unit) {
+        let days = (us + offset).div_euclid(86_400_000_000);
+        return if unit == Unit::Day {
+            days
+        } else {
+            (days + EPOCH_MONDAY).div_euclid(7)
+        };
+    }
+    let d = local_date(us, calendar);
     match unit {
         Unit::Day => days_since_epoch(d),
         Unit::Week => (days_since_epoch(d) + EPOCH_MONDAY).div_euclid(7),
@@ -63,7 +108,8 @@ pub fn period_first_day(period: i64, unit: Unit) -> NaiveDate {
 
 /// The instant (µs, UTC) a calendar period starts: local midnight of its first day, or
 /// the first instant after it where a daylight-saving gap swallows midnight.
-pub fn period_start(period: i64, unit: Unit, tz: &Tz) -> i64 {
+pub fn period_start(period: i64, unit: Unit, calendar: &Calendar) -> i64 {
+    let tz = &calendar.tz;
     let day = period_first_day(period, unit);
     let mut local = day.and_hms_opt(0, 0, 0).expect("midnight");
     for _ in 0..48 {
@@ -79,7 +125,36 @@ pub fn period_start(period: i64, unit: Unit, tz: &Tz) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::str::FromStr;
+
+    #[test]
+    fn fixed_offsets_are_recognised_and_agree_with_the_zone_database() {
+        assert!(Calendar::parse("UTC").unwrap().fixed_offset_us == Some(0));
+        assert!(Calendar::parse("+08:00").unwrap().fixed_offset_us == Some(8 * 3_600_000_000));
+        assert!(Calendar::parse("America/New_York")
+            .unwrap()
+            .fixed_offset_us
+            .is_none());
+        let fixed = Calendar::parse("+08:00").unwrap();
+        let zone = Calendar {
+            tz: fixed.tz.clone(),
+            fixed_offset_us: None,
+        };
+        for us in [
+            -86_400_000_001i64,
+            -1,
+            0,
+            1_772_409_540_000_000,
+            1_772_409_600_000_000,
+        ] {
+            for unit in [Unit::Day, Unit::Week, Unit::Month] {
+                assert_eq!(
+                    calendar_period(us, unit, &fixed),
+                    calendar_period(us, unit, &zone),
+                    "{us} {unit:?}"
+                );
+            }
+        }
+    }
 
     fn us(rfc3339: &str) -> i64 {
         DateTime::parse_from_rfc3339(rfc3339)
@@ -89,8 +164,8 @@ mod tests {
 
     #[test]
     fn days_weeks_and_months_in_a_time_zone() {
-        let utc = Tz::from_str("UTC").unwrap();
-        let sh = Tz::from_str("Asia/Shanghai").unwrap();
+        let utc = Calendar::parse("UTC").unwrap();
+        let sh = Calendar::parse("Asia/Shanghai").unwrap();
         // 2026-03-01T23:59Z is March 2nd 07:59 in Shanghai.
         let t = us("2026-03-01T23:59:00Z");
         assert_eq!(
@@ -127,7 +202,7 @@ mod tests {
 
     #[test]
     fn daylight_saving_days_are_still_one_day() {
-        let ny = Tz::from_str("America/New_York").unwrap();
+        let ny = Calendar::parse("America/New_York").unwrap();
         // Clocks went forward on 2026-03-08: that local day has 23 hours.
         let before = us("2026-03-08T04:30:00Z"); // 23:30 on March 7th, EST
         let after = us("2026-03-09T03:30:00Z"); // 23:30 on March 8th, EDT

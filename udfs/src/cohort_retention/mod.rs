@@ -4,10 +4,8 @@
 //!
 //! Docs with examples: `docs/functions/cohort_retention.md`.
 
-use std::str::FromStr;
 use std::sync::{Arc, LazyLock};
 
-use datafusion::arrow::array::timezone::Tz;
 use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, Date32Builder, Float64Array, Float64Builder,
     Int32Builder, Int64Array, ListArray, StructArray, TimestampMicrosecondBuilder, UInt8Array,
@@ -27,8 +25,8 @@ use crate::args::{coerce_conditions, key_values, plan_err, string_literal};
 use crate::grouped::{
     for_each_element, list_offsets, runs, FlatAggregate, FlatEvents, SingleGroup,
 };
-use crate::periods;
 pub use crate::periods::Unit;
+use crate::periods::{self, Calendar};
 
 pub const NAME: &str = "cohort_retention";
 const US_PER_DAY: i64 = 86_400_000_000;
@@ -49,7 +47,7 @@ pub struct CohortOptions {
     pub unit: Unit,
     /// Periods after the cohort's own (period 0) that are reported.
     pub periods: i64,
-    pub tz: Tz,
+    pub calendar: Calendar,
     pub tz_name: String,
     /// Every period with a cohort event starts a cohort (else only the first).
     pub recurring: bool,
@@ -64,7 +62,7 @@ impl CohortOptions {
         let mut o = CohortOptions {
             unit: Unit::Day,
             periods: 7,
-            tz: Tz::from_str("UTC").expect("UTC"),
+            calendar: Calendar::parse("UTC").expect("UTC"),
             tz_name: "UTC".into(),
             recurring: false,
             on_or_after: false,
@@ -91,7 +89,7 @@ impl CohortOptions {
                         .ok_or_else(|| bad(k, v, "a number from 1 to 1000"))?
                 }
                 "tz" => {
-                    o.tz = Tz::from_str(v).map_err(|_| {
+                    o.calendar = Calendar::parse(v).ok_or_else(|| {
                         bad(
                             k,
                             v,
@@ -169,7 +167,7 @@ pub fn cohort_rows(events: &[CohortEvent], o: &CohortOptions) -> Vec<CohortRow> 
     // Each event's calendar period, computed once: the zone conversion is the costly part.
     let period_of: Vec<i64> = events
         .iter()
-        .map(|e| periods::calendar_period(e.ts, o.unit, &o.tz))
+        .map(|e| periods::calendar_period(e.ts, o.unit, &o.calendar))
         .collect();
     let mut cohorts: Vec<usize> = vec![];
     for (i, _) in events.iter().enumerate().filter(|(_, e)| e.flags & 1 != 0) {
@@ -200,10 +198,10 @@ pub fn cohort_rows(events: &[CohortEvent], o: &CohortOptions) -> Vec<CohortRow> 
         let start = if o.rolling {
             c.ts
         } else {
-            periods::period_start(base, o.unit, &o.tz)
+            periods::period_start(base, o.unit, &o.calendar)
         };
         let first_day = if o.rolling {
-            periods::local_date(c.ts, &o.tz)
+            periods::local_date(c.ts, &o.calendar)
         } else {
             periods::period_first_day(base, o.unit)
         };

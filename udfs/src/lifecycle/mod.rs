@@ -4,10 +4,8 @@
 //!
 //! Docs with examples: `docs/functions/lifecycle.md`.
 
-use std::str::FromStr;
 use std::sync::{Arc, LazyLock};
 
-use datafusion::arrow::array::timezone::Tz;
 use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, Date32Builder, Int64Array, ListArray, StringBuilder,
     StructArray,
@@ -25,7 +23,7 @@ use crate::args::{coerce_conditions, key_values, plan_err, string_literal};
 use crate::grouped::{
     for_each_element, list_offsets, runs, FlatAggregate, FlatEvents, SingleGroup,
 };
-use crate::periods::{self, Unit};
+use crate::periods::{self, Calendar, Unit};
 
 pub const NAME: &str = "lifecycle";
 
@@ -38,14 +36,14 @@ pub fn lifecycle_udaf() -> Arc<AggregateUDF> {
 #[derive(Debug, Clone)]
 pub struct LifecycleOptions {
     pub unit: Unit,
-    pub tz: Tz,
+    pub calendar: Calendar,
 }
 
 impl LifecycleOptions {
     pub fn parse(text: &str) -> Result<Self> {
         let mut o = LifecycleOptions {
             unit: Unit::Week,
-            tz: Tz::from_str("UTC").expect("UTC"),
+            calendar: Calendar::parse("UTC").expect("UTC"),
         };
         for (k, v) in key_values(NAME, text, "argument 1")? {
             match k {
@@ -58,7 +56,7 @@ impl LifecycleOptions {
                     })?
                 }
                 "tz" => {
-                    o.tz = Tz::from_str(v).map_err(|_| {
+                    o.calendar = Calendar::parse(v).ok_or_else(|| {
                         plan_err(
                             NAME,
                             format!(
@@ -275,7 +273,8 @@ impl LifecycleSpec {
             if !keep {
                 continue;
             }
-            let p = periods::calendar_period(ts.value(row), self.options.unit, &self.options.tz);
+            let p =
+                periods::calendar_period(ts.value(row), self.options.unit, &self.options.calendar);
             // Runs of one row's group in one period are common: keep one entry per run.
             if last != Some((row, p)) {
                 push(row, p);

@@ -4,10 +4,8 @@
 //!
 //! Docs with examples: `docs/functions/local_period.md`.
 
-use std::str::FromStr;
 use std::sync::{Arc, LazyLock};
 
-use datafusion::arrow::array::timezone::Tz;
 use datafusion::arrow::array::{ArrayRef, AsArray, Date32Builder};
 use datafusion::arrow::datatypes::{DataType, Int64Type, TimeUnit};
 use datafusion::error::Result;
@@ -99,7 +97,7 @@ impl ScalarUDFImpl for LocalPeriod {
             )
         })?;
         let tz_text = text_arg(&args.args[2], "argument 3 (tz)")?;
-        let tz = Tz::from_str(&tz_text).map_err(|_| {
+        let calendar = crate::periods::Calendar::parse(&tz_text).ok_or_else(|| {
             plan_err(
                 NAME,
                 format!("argument 3 (tz): unknown time zone '{tz_text}'"),
@@ -115,7 +113,7 @@ impl ScalarUDFImpl for LocalPeriod {
         let mut out = Date32Builder::with_capacity(us.len());
         for v in us.iter() {
             out.append_option(v.map(|v| {
-                let p = periods::calendar_period(v, unit, &tz);
+                let p = periods::calendar_period(v, unit, &calendar);
                 periods::days_since_epoch(periods::period_first_day(p, unit)) as i32
             }));
         }
