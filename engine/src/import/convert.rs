@@ -16,6 +16,10 @@ use crate::error::{EngineError, Result};
 use crate::mapping::{ColumnMapping, ColumnSource};
 use crate::schema::{core_columns, events_schema, ColumnType, ExtraColumn, PROPERTIES, UTC};
 
+/// 0001-01-01T00:00:00Z and 9999-12-31T23:59:59.999999Z: the times the table stores.
+const MIN_US: i64 = -62_135_596_800_000_000;
+const MAX_US: i64 = 253_402_300_799_999_999;
+
 /// How integer timestamps are read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -46,8 +50,12 @@ impl TimeUnitSpec {
         })
     }
 
-    /// Microseconds for an integer timestamp.
+    /// Microseconds for an integer timestamp, if it lies in years 1 to 9999.
     pub fn to_micros(self, v: i64) -> Option<i64> {
+        self.scale(v).filter(|us| (MIN_US..=MAX_US).contains(us))
+    }
+
+    fn scale(self, v: i64) -> Option<i64> {
         let unit = match self {
             TimeUnitSpec::Auto => {
                 let a = v.unsigned_abs();
@@ -277,7 +285,11 @@ fn convert_column(
                         None => b.append_null(),
                         Some((_, Some(us))) => b.append_value(us),
                         Some((v, None)) => {
-                            on_error(row, Some(v.to_string()), "timestamp out of range".into());
+                            on_error(
+                                row,
+                                Some(v.to_string()),
+                                "timestamp out of range (years 1 to 9999)".into(),
+                            );
                             b.append_null()
                         }
                     }
@@ -395,8 +407,13 @@ pub fn parse_timestamp(s: &str, unit: TimeUnitSpec) -> Option<i64> {
     }
     if s.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
         let seconds: f64 = s.parse().ok()?;
+        let us = (seconds * 1e6).round();
         return match unit {
-            TimeUnitSpec::Auto | TimeUnitSpec::Seconds => Some((seconds * 1e6).round() as i64),
+            TimeUnitSpec::Auto | TimeUnitSpec::Seconds
+                if us >= MIN_US as f64 && us <= MAX_US as f64 =>
+            {
+                Some(us as i64)
+            }
             _ => None,
         };
     }

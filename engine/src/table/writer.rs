@@ -134,8 +134,12 @@ fn split_by_date(batch: &RecordBatch, options: &WriteOptions) -> Result<Vec<Date
     for (day, rows) in by_day {
         let day_batch = take_record_batch(batch, &UInt32Array::from(rows))?;
         let sorted = sort_by_person_and_time(&day_batch)?;
-        let date = chrono::DateTime::from_timestamp_micros(day * MICROS_PER_DAY)
-            .expect("a day inside chrono's range")
+        let date = day
+            .checked_mul(MICROS_PER_DAY)
+            .and_then(chrono::DateTime::from_timestamp_micros)
+            .ok_or_else(|| {
+                EngineError::invalid("event_time is outside the years the table stores")
+            })?
             .format("%Y-%m-%d")
             .to_string();
         let mut offset = 0;

@@ -48,6 +48,11 @@ fn timestamps_in_every_accepted_form() {
         Some(1_511_544_070_000)
     );
     assert_eq!(parse_timestamp("yesterday", TimeUnitSpec::Auto), None);
+    // Beyond year 9999 (here: i64::MAX microseconds) is not a time the table stores.
+    assert_eq!(
+        parse_timestamp("9223372036854775807", TimeUnitSpec::Micros),
+        None
+    );
     assert_eq!(parse_timestamp("2017-13-01", TimeUnitSpec::Auto), None);
 }
 
