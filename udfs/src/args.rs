@@ -87,3 +87,47 @@ pub fn key_values<'a>(
         })
         .collect()
 }
+
+/// `unit=` option value: day, week or month.
+pub fn unit_option(function: &str, value: &str, argument: &str) -> Result<crate::periods::Unit> {
+    crate::periods::Unit::parse(value).ok_or_else(|| {
+        plan_err(
+            function,
+            format!("option unit={value} in {argument}: expected day, week or month"),
+        )
+    })
+}
+
+/// `tz=` option value: an IANA zone or a fixed offset.
+pub fn calendar_option(
+    function: &str,
+    value: &str,
+    argument: &str,
+) -> Result<crate::periods::Calendar> {
+    crate::periods::Calendar::parse(value).ok_or_else(|| {
+        plan_err(
+            function,
+            format!(
+                "option tz={value} in {argument}: expected an IANA time zone like Asia/Shanghai, or an offset like +08:00"
+            ),
+        )
+    })
+}
+
+/// State fields that are lists, one per (name, item type), named after the aggregate.
+pub fn list_state_fields(
+    aggregate: &str,
+    lists: &[(&str, datafusion::arrow::datatypes::DataType)],
+) -> Vec<datafusion::arrow::datatypes::FieldRef> {
+    use datafusion::arrow::datatypes::{DataType, Field};
+    lists
+        .iter()
+        .map(|(name, item)| {
+            Arc::new(Field::new(
+                format!("{aggregate}[{name}]"),
+                DataType::List(Arc::new(Field::new_list_field(item.clone(), true))),
+                true,
+            ))
+        })
+        .collect()
+}

@@ -21,7 +21,9 @@ use datafusion::logical_expr::{
     Volatility,
 };
 
-use crate::args::{coerce_conditions, key_values, plan_err, string_literal};
+use crate::args::{
+    calendar_option, coerce_conditions, key_values, plan_err, string_literal, unit_option,
+};
 use crate::grouped::{
     for_each_element, list_offsets, runs, FlatAggregate, FlatEvents, SingleGroup,
 };
@@ -73,14 +75,7 @@ impl CohortOptions {
         };
         for (k, v) in key_values(NAME, text, "argument 1")? {
             match k {
-                "unit" => {
-                    o.unit = match v {
-                        "day" => Unit::Day,
-                        "week" => Unit::Week,
-                        "month" => Unit::Month,
-                        _ => return Err(bad(k, v, "day, week or month")),
-                    }
-                }
+                "unit" => o.unit = unit_option(NAME, v, "argument 1")?,
                 "periods" => {
                     o.periods = v
                         .parse()
@@ -89,13 +84,7 @@ impl CohortOptions {
                         .ok_or_else(|| bad(k, v, "a number from 1 to 1000"))?
                 }
                 "tz" => {
-                    o.calendar = Calendar::parse(v).ok_or_else(|| {
-                        bad(
-                            k,
-                            v,
-                            "an IANA time zone like Asia/Shanghai, or an offset like +08:00",
-                        )
-                    })?;
+                    o.calendar = calendar_option(NAME, v, "argument 1")?;
                     o.tz_name = v.to_string();
                 }
                 "cohort" => {
@@ -347,18 +336,14 @@ impl AggregateUDFImpl for CohortRetention {
     }
 
     fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
-        let list = |name: &str, t: DataType| {
-            Arc::new(Field::new(
-                format!("{}[{name}]", args.name),
-                DataType::List(Arc::new(Field::new_list_field(t, true))),
-                true,
-            ))
-        };
-        Ok(vec![
-            list("ts", DataType::Int64),
-            list("flags", DataType::UInt8),
-            list("value", DataType::Float64),
-        ])
+        Ok(crate::args::list_state_fields(
+            args.name,
+            &[
+                ("ts", DataType::Int64),
+                ("flags", DataType::UInt8),
+                ("value", DataType::Float64),
+            ],
+        ))
     }
 
     fn groups_accumulator_supported(&self, _args: AccumulatorArgs) -> bool {

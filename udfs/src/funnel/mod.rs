@@ -165,21 +165,17 @@ impl AggregateUDFImpl for Funnel {
     }
 
     fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
-        let list = |name: &str, item: DataType| {
-            Arc::new(Field::new(
-                format!("{}[{name}]", args.name),
-                DataType::List(Arc::new(Field::new_list_field(item, true))),
-                true,
-            ))
-        };
-        Ok(vec![
-            list("ts", DataType::Int64),
-            list("tiebreak", DataType::Int64),
-            list("row", DataType::UInt64),
-            list("mask", DataType::UInt64),
-            list("hold", DataType::Utf8),
-            list("breakdown", DataType::Utf8),
-        ])
+        Ok(crate::args::list_state_fields(
+            args.name,
+            &[
+                ("ts", DataType::Int64),
+                ("tiebreak", DataType::Int64),
+                ("row", DataType::UInt64),
+                ("mask", DataType::UInt64),
+                ("hold", DataType::Utf8),
+                ("breakdown", DataType::Utf8),
+            ],
+        ))
     }
 
     fn groups_accumulator_supported(&self, _args: AccumulatorArgs) -> bool {

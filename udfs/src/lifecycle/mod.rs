@@ -19,7 +19,9 @@ use datafusion::logical_expr::{
     Volatility,
 };
 
-use crate::args::{coerce_conditions, key_values, plan_err, string_literal};
+use crate::args::{
+    calendar_option, coerce_conditions, key_values, plan_err, string_literal, unit_option,
+};
 use crate::grouped::{
     for_each_element, list_offsets, runs, FlatAggregate, FlatEvents, SingleGroup,
 };
@@ -47,24 +49,8 @@ impl LifecycleOptions {
         };
         for (k, v) in key_values(NAME, text, "argument 1")? {
             match k {
-                "unit" => {
-                    o.unit = Unit::parse(v).ok_or_else(|| {
-                        plan_err(
-                            NAME,
-                            format!("option unit={v} in argument 1: expected day, week or month"),
-                        )
-                    })?
-                }
-                "tz" => {
-                    o.calendar = Calendar::parse(v).ok_or_else(|| {
-                        plan_err(
-                            NAME,
-                            format!(
-                            "option tz={v} in argument 1: expected an IANA time zone or an offset"
-                        ),
-                        )
-                    })?
-                }
+                "unit" => o.unit = unit_option(NAME, v, "argument 1")?,
+                "tz" => o.calendar = calendar_option(NAME, v, "argument 1")?,
                 other => {
                     return Err(plan_err(
                         NAME,
@@ -196,11 +182,10 @@ impl AggregateUDFImpl for Lifecycle {
     }
 
     fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
-        Ok(vec![Arc::new(Field::new(
-            format!("{}[periods]", args.name),
-            DataType::List(Arc::new(Field::new_list_field(DataType::Int64, true))),
-            true,
-        ))])
+        Ok(crate::args::list_state_fields(
+            args.name,
+            &[("periods", DataType::Int64)],
+        ))
     }
 
     fn groups_accumulator_supported(&self, _args: AccumulatorArgs) -> bool {

@@ -164,7 +164,7 @@ impl FlatEvents for FunnelSpec {
         let row = UInt64Array::from_iter_values(entries.iter().map(|e| e.1.row));
         let offsets = list_offsets(entries, n);
         let list = |values: ArrayRef| -> ArrayRef {
-            let field = Arc::new(Field::new_list_field(values.data_type().clone(), false));
+            let field = Arc::new(Field::new_list_field(values.data_type().clone(), true));
             Arc::new(ListArray::new(field, offsets.clone(), values, None))
         };
         vec![

@@ -17,7 +17,7 @@ mod tests;
 
 use std::sync::{Arc, LazyLock};
 
-use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
+use datafusion::arrow::datatypes::{DataType, FieldRef};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::{
@@ -93,18 +93,14 @@ impl AggregateUDFImpl for WindowFunnel {
     }
 
     fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
-        let list = |name: &str, item: DataType| {
-            Arc::new(Field::new(
-                format!("{}[{name}]", args.name),
-                DataType::List(Arc::new(Field::new_list_field(item, false))),
-                true,
-            ))
-        };
-        Ok(vec![
-            list("ts", DataType::Int64),
-            list("step", DataType::UInt8),
-            list("row", DataType::UInt64),
-        ])
+        Ok(crate::args::list_state_fields(
+            args.name,
+            &[
+                ("ts", DataType::Int64),
+                ("step", DataType::UInt8),
+                ("row", DataType::UInt64),
+            ],
+        ))
     }
 
     fn groups_accumulator_supported(&self, _args: AccumulatorArgs) -> bool {
