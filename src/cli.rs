@@ -112,6 +112,91 @@ pub enum Command {
     Table(TableCommand),
     /// Show the events table's version, files, rows and batches.
     Info,
+    /// Serve the warehouse over Arrow Flight SQL (BI tools, ADBC, JDBC, ODBC).
+    Serve(ServeArgs),
+    /// Manage the users file of `tidepool serve`.
+    #[command(subcommand)]
+    User(UserCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    pub listen: std::net::SocketAddr,
+    /// Users, password hashes and roles (see `tidepool user add`). Without it the server
+    /// listens on loopback only and accepts one admin, whose password is
+    /// TIDEPOOL_ADMIN_PASSWORD or generated and printed at start.
+    #[arg(long, env = "TIDEPOOL_USERS")]
+    pub users: Option<PathBuf>,
+    /// TLS certificate chain (PEM).
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Serve without TLS on a non-loopback address.
+    #[arg(long, conflicts_with = "tls_cert")]
+    pub plaintext: bool,
+    /// Memory one query may use before it spills or fails, e.g. 512MiB, 4GiB.
+    #[arg(long, default_value = "4GiB", value_parser = parse_size)]
+    pub query_memory: usize,
+    /// Seconds a query may run.
+    #[arg(long, default_value_t = 600)]
+    pub query_timeout: u64,
+    /// Queries that may run at once; more are refused with RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = 16)]
+    pub max_concurrent_queries: usize,
+    /// Seconds a login token stays valid.
+    #[arg(long, default_value_t = 12 * 3600)]
+    pub token_ttl: u64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Add a user (or replace their password and role); the password is read from
+    /// standard input.
+    Add {
+        name: String,
+        #[arg(long, value_parser = ["viewer", "analyst", "writer", "admin"])]
+        role: String,
+        #[arg(long, env = "TIDEPOOL_USERS")]
+        users: PathBuf,
+    },
+    /// List users and roles.
+    List {
+        #[arg(long, env = "TIDEPOOL_USERS")]
+        users: PathBuf,
+    },
+    /// Remove a user.
+    Rm {
+        name: String,
+        #[arg(long, env = "TIDEPOOL_USERS")]
+        users: PathBuf,
+    },
+}
+
+/// A byte size: a number with an optional KiB/MiB/GiB/KB/MB/GB suffix.
+fn parse_size(s: &str) -> std::result::Result<usize, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size like 512MiB"))?;
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "kib" => 1024.0,
+        "m" | "mb" => 1e6,
+        "mib" => 1024.0 * 1024.0,
+        "g" | "gb" => 1e9,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        _ => return Err(format!("'{s}': unknown unit (use KiB, MiB or GiB)")),
+    };
+    Ok((n * mult) as usize)
 }
 
 #[derive(Debug, Args)]
@@ -223,7 +308,106 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Gen(args) => gen(g, args).await,
         Command::Table(cmd) => table(g, cmd).await,
         Command::Info => info(g).await,
+        Command::Serve(args) => serve(g, args).await,
+        Command::User(cmd) => user(cmd),
     }
+}
+
+async fn serve(g: &Global, args: &ServeArgs) -> Result<()> {
+    use tidepool_flight::{Limits, ServerConfig, Users};
+    let users = match &args.users {
+        Some(path) => Some(Users::load(path)?),
+        None => None,
+    };
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some((
+            std::fs::read_to_string(cert)
+                .with_context(|| format!("cannot read --tls-cert {}", cert.display()))?,
+            std::fs::read_to_string(key)
+                .with_context(|| format!("cannot read --tls-key {}", key.display()))?,
+        )),
+        _ => None,
+    };
+    if tls.is_none() && !args.listen.ip().is_loopback() && !args.plaintext {
+        bail!(
+            "{} is reachable from other machines: give --tls-cert and --tls-key, or \
+             --plaintext to serve without TLS",
+            args.listen
+        );
+    }
+    // The sample is served read-only, as `tidepool sql` treats it; a named warehouse
+    // takes writes from writers.
+    let read_only = g.warehouse.is_none();
+    let config = ServerConfig {
+        listen: args.listen,
+        warehouse: g.warehouse_or_sample()?,
+        session: SessionOptions {
+            s3: g.s3(),
+            ..Default::default()
+        },
+        users,
+        admin_password: std::env::var("TIDEPOOL_ADMIN_PASSWORD").ok(),
+        tls,
+        limits: Limits {
+            query_memory: args.query_memory,
+            query_timeout: std::time::Duration::from_secs(args.query_timeout),
+            max_concurrent_queries: args.max_concurrent_queries,
+        },
+        token_ttl: std::time::Duration::from_secs(args.token_ttl),
+        read_only,
+    };
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+        eprintln!("shutting down");
+    };
+    tidepool_flight::serve(config, shutdown).await
+}
+
+fn user(cmd: &UserCommand) -> Result<()> {
+    use tidepool_flight::{Role, Users};
+    match cmd {
+        UserCommand::Add { name, role, users } => {
+            let role: Role = role.parse()?;
+            let mut file = Users::load_or_new(users)?;
+            let password = read_password()?;
+            file.set(name, role, &password)?;
+            file.save(users)?;
+            eprintln!("user '{name}' ({role}) saved in {}", users.display());
+        }
+        UserCommand::List { users } => {
+            for (name, entry) in &Users::load(users)?.users {
+                println!("{name}\t{}", entry.role);
+            }
+        }
+        UserCommand::Rm { name, users } => {
+            let mut file = Users::load(users)?;
+            if file.users.remove(name).is_none() {
+                bail!("no user '{name}' in {}", users.display());
+            }
+            file.save(users)?;
+        }
+    }
+    Ok(())
+}
+
+/// The password from standard input: asked twice without echo on a terminal, else the
+/// first line.
+fn read_password() -> Result<String> {
+    if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password("password: ")?;
+        let again = rpassword::prompt_password("again: ")?;
+        if first != again {
+            bail!("the passwords differ");
+        }
+        return Ok(first);
+    }
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    let password = line.trim_end_matches(['\r', '\n']).to_string();
+    if password.is_empty() {
+        bail!("no password on standard input");
+    }
+    Ok(password)
 }
 
 async fn sql(g: &Global, args: &SqlArgs) -> Result<()> {
@@ -239,6 +423,8 @@ async fn sql(g: &Global, args: &SqlArgs) -> Result<()> {
         tables,
         s3: g.s3(),
         target_partitions: None,
+        // INSERT writes only to a warehouse the user named, never to the sample.
+        writable: g.warehouse.is_some(),
     };
     let ctx = new_session(&options).await?;
     let mut out: Box<crate::output::Out> = match &args.output {
@@ -419,6 +605,7 @@ async fn table(g: &Global, cmd: &TableCommand) -> Result<()> {
                 tables: vec![],
                 s3: g.s3(),
                 target_partitions: None,
+                writable: false,
             };
             let ctx = new_session(&probe).await?;
             tidepool_engine::session::external_event_table(&ctx, &ext, &g.s3()).await?;

@@ -37,6 +37,8 @@ pub struct SessionOptions {
     pub s3: S3Options,
     /// Parallelism; None for one per core.
     pub target_partitions: Option<usize>,
+    /// Let `INSERT INTO events` append to the warehouse.
+    pub writable: bool,
 }
 
 /// A new session with every function and table registered.
@@ -58,10 +60,11 @@ pub async fn new_session(options: &SessionOptions) -> Result<SessionContext> {
         register_location(&ctx, &wh.root);
         let events = wh.events();
         let manifest = events.manifest().await?;
-        ctx.register_table(
-            EVENTS_TABLE,
-            Arc::new(EventsProvider::new(events.location, &manifest)),
-        )?;
+        let mut provider = EventsProvider::new(events.location, &manifest);
+        if options.writable {
+            provider = provider.writable();
+        }
+        ctx.register_table(EVENTS_TABLE, Arc::new(provider))?;
         for ext in wh.external_tables().await? {
             let provider = external_event_table(&ctx, &ext, &options.s3).await?;
             ctx.register_table(ext.name.as_str(), provider)?;

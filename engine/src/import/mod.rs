@@ -187,6 +187,122 @@ pub async fn import_file(
     Ok(report)
 }
 
+/// Rows that arrive as Arrow batches (Flight SQL bulk ingest, `INSERT INTO events`) into
+/// the events table, through the same conversion and atomic commit as a file import.
+/// Columns are matched by name; source columns no events column takes are kept as extra
+/// columns. Any bad value fails the whole call and commits nothing. Each call is its own
+/// batch (a fresh id), so sending the same rows twice stores them twice, as INSERT does.
+pub async fn import_batches(
+    table: &EventTable,
+    batches: &[arrow::array::RecordBatch],
+    source: &str,
+) -> Result<ImportReport> {
+    let batch_id = uuid::Uuid::new_v4().to_string();
+    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+    let mut report = ImportReport {
+        source: source.to_string(),
+        batch_id: batch_id.clone(),
+        rows_read: rows as u64,
+        rows_imported: 0,
+        rows_rejected: 0,
+        version: None,
+        already_imported: false,
+    };
+    if rows == 0 {
+        return Ok(report);
+    }
+    let schema = batches[0].schema();
+    let raw = fill_anonymous_ids(arrow::compute::concat_batches(&schema, batches)?)?;
+    let manifest = table.manifest().await?;
+    let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+    let mapping = ColumnMapping::default();
+    mapping.validate(&names, source)?;
+    let converted = convert::convert(
+        &raw,
+        &mapping,
+        &manifest.extra_columns,
+        TimeUnitSpec::default(),
+        false,
+    )?;
+    if let Some(first) = converted.errors.first() {
+        let value = first
+            .value
+            .as_ref()
+            .map(|v| format!(" (value '{v}')"))
+            .unwrap_or_default();
+        let row = if first.row == usize::MAX {
+            String::new()
+        } else {
+            format!("row {}, ", first.row + 1)
+        };
+        return Err(EngineError::BadInput {
+            location: format!("{source}: {row}column '{}'", first.column),
+            message: format!(
+                "{}{value}; {} bad value(s) in all, nothing was written",
+                first.message,
+                converted.errors.len()
+            ),
+        });
+    }
+    let batch = convert::strict(converted.batch, &converted.extra_columns)?;
+    let record = BatchRecord {
+        id: batch_id,
+        source: source.to_string(),
+        rows: rows as u64,
+        committed_at: chrono::Utc::now().to_rfc3339(),
+    };
+    let outcome = table
+        .append(
+            batch,
+            record,
+            &converted.extra_columns,
+            &WriteOptions::default(),
+        )
+        .await?;
+    if let CommitOutcome::Committed { version } = outcome {
+        report.version = Some(version);
+        report.rows_imported = rows as u64;
+    }
+    Ok(report)
+}
+
+/// A row without an anonymous_id (INSERT leaves it NULL) uses its user id, as a file
+/// without the column does.
+fn fill_anonymous_ids(batch: arrow::array::RecordBatch) -> Result<arrow::array::RecordBatch> {
+    use crate::schema::{ANONYMOUS_ID, USER_ID};
+    let schema = batch.schema();
+    let (Ok(anon_at), Ok(user_at)) = (schema.index_of(ANONYMOUS_ID), schema.index_of(USER_ID))
+    else {
+        return Ok(batch);
+    };
+    let anon = batch.column(anon_at);
+    if anon.null_count() == 0 {
+        return Ok(batch);
+    }
+    let user = arrow::compute::cast(batch.column(user_at), anon.data_type())?;
+    let present = arrow::compute::is_not_null(anon)?;
+    let filled = arrow::compute::kernels::zip::zip(&present, anon, &user)?;
+    let mut columns = batch.columns().to_vec();
+    columns[anon_at] = filled;
+    let fields: Vec<_> = schema
+        .fields()
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let f = f.as_ref().clone();
+            if i == anon_at {
+                f.with_nullable(true)
+            } else {
+                f
+            }
+        })
+        .collect();
+    Ok(arrow::array::RecordBatch::try_new(
+        std::sync::Arc::new(arrow::datatypes::Schema::new(fields)),
+        columns,
+    )?)
+}
+
 async fn download(source: &str, s3: &S3Options, progress: &dyn Progress) -> Result<bytes::Bytes> {
     let loc = Location::parse(source, s3)?;
     let result = loc.store.get(&loc.prefix).await.map_err(|e| match e {

@@ -7,28 +7,38 @@ use std::sync::Arc;
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use datafusion::catalog::Session;
+use datafusion::common::plan_err;
 use datafusion::common::stats::Precision;
 use datafusion::common::{project_schema, ColumnStatistics, ScalarValue, Statistics};
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::file_format::FileFormat;
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder};
+use datafusion::datasource::sink::{DataSink, DataSinkExec};
 use datafusion::datasource::{TableProvider, TableType};
-use datafusion::error::Result;
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::dml::InsertOp;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType};
+use futures::TryStreamExt;
 
 use super::manifest::{DataFile, Manifest};
 use crate::schema::{events_schema, EVENT_TIME, UTC};
 use crate::storage::Location;
+use crate::table::EventTable;
 
-/// A read-only snapshot of an events table.
+/// A snapshot of an events table. Scans read exactly the snapshot's files; when made
+/// writable, `INSERT INTO` appends one atomic batch (a new snapshot, which later
+/// sessions see).
 #[derive(Debug)]
 pub struct EventsProvider {
     schema: SchemaRef,
     location: Location,
     files: Vec<DataFile>,
+    writable: bool,
 }
 
 impl EventsProvider {
@@ -37,7 +47,14 @@ impl EventsProvider {
             schema: events_schema(&manifest.extra_columns),
             location,
             files: manifest.files.clone(),
+            writable: false,
         }
+    }
+
+    /// Accept `INSERT INTO` (appends through the import path's atomic commit).
+    pub fn writable(mut self) -> Self {
+        self.writable = true;
+        self
     }
 
     fn file_statistics(&self, file: &DataFile) -> Statistics {
@@ -132,5 +149,69 @@ impl TableProvider for EventsProvider {
             .with_limit(limit)
             .build();
         format.create_physical_plan(state, config).await
+    }
+
+    async fn insert_into(
+        &self,
+        _state: &dyn Session,
+        input: Arc<dyn ExecutionPlan>,
+        insert_op: InsertOp,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        if !self.writable {
+            return plan_err!(
+                "the events table is read-only here (the CLI writes only to a warehouse named \
+                 with --warehouse)"
+            );
+        }
+        if insert_op != InsertOp::Append {
+            return plan_err!(
+                "events is append-only: {insert_op} is not supported, use INSERT INTO"
+            );
+        }
+        // The import path checks required values itself (and fills anonymous_id from
+        // user_id), so the sink declares every column nullable.
+        let relaxed = self
+            .schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone().with_nullable(true))
+            .collect::<Vec<_>>();
+        let sink = EventsSink {
+            schema: Arc::new(arrow::datatypes::Schema::new(relaxed)),
+            table: EventTable::new(self.location.clone()),
+        };
+        Ok(Arc::new(DataSinkExec::new(input, Arc::new(sink), None)))
+    }
+}
+
+/// Collects the rows of one INSERT and commits them as one batch.
+#[derive(Debug)]
+struct EventsSink {
+    schema: SchemaRef,
+    table: EventTable,
+}
+
+impl DisplayAs for EventsSink {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "EventsSink: {}", self.table.location.url)
+    }
+}
+
+#[async_trait]
+impl DataSink for EventsSink {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    async fn write_all(
+        &self,
+        data: SendableRecordBatchStream,
+        _context: &Arc<TaskContext>,
+    ) -> Result<u64> {
+        let batches: Vec<_> = data.try_collect().await?;
+        let report = crate::import::import_batches(&self.table, &batches, "INSERT")
+            .await
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        Ok(report.rows_imported)
     }
 }
