@@ -80,7 +80,7 @@ class Server:
         self.log_path = os.path.join(workdir, "serve.log")
         self.out = open(self.out_path, "w")
         self.err = open(self.log_path, "w")
-        full_env = dict(os.environ)
+        full_env = {k: v for k, v in os.environ.items() if k != "TIDEPOOL_ADMIN_PASSWORD"}
         full_env.update(env or {})
         self.proc = subprocess.Popen(
             [binary, "serve", "--listen", "127.0.0.1:0", *args],

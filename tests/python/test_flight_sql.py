@@ -5,11 +5,13 @@ and SQLAlchemy through flightsql-dbapi (tests/python/test_flight_sqlalchemy.py).
 Expected values come from `tidepool sql` on the same warehouse, a path that shares no
 code with the server's protocol layer."""
 
+import base64
 import csv
 import io
 import os
 import shutil
 import subprocess
+import sys
 import threading
 import time
 
@@ -712,3 +714,83 @@ def test_tls_with_a_self_signed_ca(tidepool_bin, users_file, workdir):
                     query(conn, "SELECT 1")
     finally:
         s.stop()
+
+
+FETCH_TICKET = """
+import base64, sys
+import pyarrow.flight as flight
+client = flight.FlightClient(sys.argv[1])
+header = client.authenticate_basic_token(sys.argv[2], sys.argv[3])
+ticket = flight.Ticket(base64.b64decode(sys.argv[4]))
+try:
+    client.do_get(ticket, flight.FlightCallOptions(headers=[header])).read_all()
+except BaseException as e:
+    print(type(e).__name__, e)
+    sys.exit(3)
+"""
+
+
+def test_cancel_flight_info_stops_a_running_query(server):
+    client, opts = raw_client(server, "ana")
+    descriptor = flight.FlightDescriptor.for_command(pb_any("CommandStatementQuery", pb_bytes(1, SLOW_QUERY)))
+    info = client.get_flight_info(descriptor, opts)
+    # The reader runs in its own process: pyarrow turns a CANCELLED stream into a
+    # KeyboardInterrupt of the reading process.
+    started = len(server.log().split("query started"))
+    reader = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            FETCH_TICKET,
+            server.uri,
+            "ana",
+            PASSWORDS["ana"][1],
+            base64.b64encode(info.endpoints[0].ticket.ticket).decode(),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 30
+    while len(server.log().split("query started")) == started and time.time() < deadline:
+        time.sleep(0.05)
+    # Someone else may not cancel it.
+    vera, vera_opts = raw_client(server, "vera")
+    request = pb_bytes(1, info.serialize())
+    with pytest.raises(flight.FlightError, match="belongs to another user"):
+        list(vera.do_action(flight.Action("CancelFlightInfo", request), vera_opts))
+    (result,) = list(client.do_action(flight.Action("CancelFlightInfo", request), opts))
+    assert pb_parse(result.body.to_pybytes()).get(1) == [1]  # CANCEL_STATUS_CANCELLED
+    out, err = reader.communicate(timeout=60)
+    # The reader's stream ended in an error (pyarrow reports CANCELLED as an interrupt).
+    assert reader.returncode == 3, (out, err)
+    server.wait_for_log(r"query stopped: the query was cancelled")
+
+
+def test_without_a_users_file_one_admin_on_loopback_only(tidepool_bin, workdir):
+    env = {k: v for k, v in os.environ.items() if k != "TIDEPOOL_ADMIN_PASSWORD"}
+    s = Server(tidepool_bin, [], os.path.join(workdir, "generated"), env=None)
+    try:
+        password = s.wait_for_log(r"user 'admin' with password '([^']+)'").group(1)
+        with flight_sql.connect(
+            s.uri, db_kwargs={"username": "admin", "password": password}, autocommit=True
+        ) as conn:
+            assert query(conn, "SELECT 1 AS one")["one"][0].as_py() == 1
+    finally:
+        s.stop()
+    refused = subprocess.run(
+        [tidepool_bin, "serve", "--listen", "0.0.0.0:0", "--plaintext"], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert refused.returncode != 0
+    assert "loopback" in refused.stderr
+    users = os.path.join(workdir, "one-user.toml")
+    add_user(tidepool_bin, users, "ana", "analyst", "analyst-password")
+    refused = subprocess.run(
+        [tidepool_bin, "serve", "--listen", "0.0.0.0:0", "--users", users],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert refused.returncode != 0
+    assert "--plaintext" in refused.stderr
