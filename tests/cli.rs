@@ -451,3 +451,96 @@ fn user_errors_are_clear_messages() {
     );
     assert!(err.contains("expected TARGET=SOURCE"), "{err}");
 }
+
+#[test]
+fn insert_appends_to_a_named_warehouse_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let wh = dir.path().join("wh");
+    let wh = wh.to_str().unwrap();
+    let good = write(dir.path(), "good.csv", GOOD);
+    ok(bin()
+        .args(["import", "--warehouse", wh])
+        .args([
+            "--map",
+            "event_name=behavior",
+            "--map",
+            "event_time=ts",
+            "--map",
+            "user_id=uid",
+        ])
+        .arg(&good));
+    let out = ok(bin()
+        .args(["sql", "--warehouse", wh, "--format", "csv"])
+        .arg(
+            "INSERT INTO events (event_time, event_name, user_id) VALUES \
+         (TIMESTAMP '2026-11-01 10:00:00', 'inserted', 'u9'), \
+         (TIMESTAMP '2026-11-02 10:00:00', 'inserted', 'u9')",
+        ));
+    assert!(out.contains('2'), "{out}");
+    assert_eq!(count(wh, "SELECT count(*) FROM events"), 5);
+    // A row without an anonymous_id takes its user id, as an import without the column does.
+    assert_eq!(
+        count(
+            wh,
+            "SELECT count(*) FROM events WHERE event_name = 'inserted' AND anonymous_id = 'u9'"
+        ),
+        2
+    );
+    // A bad row fails the whole statement; nothing lands.
+    let bad = bin()
+        .args(["sql", "--warehouse", wh])
+        .arg("INSERT INTO events (event_time, event_name) VALUES (TIMESTAMP '2026-11-01 10:00:00', 'x')")
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("anonymous_id") && err.contains("nothing was written"),
+        "{err}"
+    );
+    assert_eq!(count(wh, "SELECT count(*) FROM events"), 5);
+
+    // The sample (no --warehouse) is never written.
+    let refused = bin()
+        .current_dir(repo())
+        .args(["sql"])
+        .arg("INSERT INTO events (event_time, event_name, user_id) VALUES (now(), 'x', 'y')")
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("read-only"));
+}
+
+#[test]
+fn user_add_keeps_hashes_not_passwords() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users.toml");
+    let users = users.to_str().unwrap();
+    let add = |name: &str, role: &str, password: &str| {
+        let mut child = bin()
+            .args(["user", "add", name, "--role", role, "--users", users])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
+        child.wait_with_output().unwrap()
+    };
+    assert!(add("ana", "analyst", "a long password").status.success());
+    assert!(add("will", "writer", "another long one").status.success());
+    let text = std::fs::read_to_string(users).unwrap();
+    assert!(text.contains("$argon2id$"), "{text}");
+    assert!(!text.contains("a long password"), "{text}");
+    let list = ok(bin().args(["user", "list", "--users", users]));
+    assert_eq!(list.trim(), "ana\tanalyst\nwill\twriter");
+    let short = add("bob", "viewer", "short");
+    assert!(!short.status.success());
+    assert!(String::from_utf8_lossy(&short.stderr).contains("at least 8"));
+    let boss = add("bob", "boss", "long enough here");
+    assert!(!boss.status.success());
+    ok(bin().args(["user", "rm", "ana", "--users", users]));
+    let list = ok(bin().args(["user", "list", "--users", users]));
+    assert_eq!(list.trim(), "will\twriter");
+}
