@@ -794,3 +794,16 @@ def test_without_a_users_file_one_admin_on_loopback_only(tidepool_bin, workdir):
     )
     assert refused.returncode != 0
     assert "--plaintext" in refused.stderr
+
+
+def test_an_ingest_batch_larger_than_grpc_default_limits(server, tidepool_bin, warehouse):
+    # One 100k-row batch with a text column: over gRPC's default 4 MiB message limit
+    # (and under the ADBC Go client's own 16 MiB send limit).
+    n = 100_000
+    data = ingest_table("flight_big_ingest", n).append_column(
+        "properties", pa.array(['{"note": "' + "x" * 40 + '"}'] * n)
+    )
+    assert data.combine_chunks().to_batches()[0].nbytes > 8 << 20
+    with connect(server, "will") as conn, conn.cursor() as cur:
+        assert cur.adbc_ingest("events", data, mode="append") == n
+    assert count_marker(tidepool_bin, warehouse, "flight_big_ingest") == n
