@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::datatypes::{DataType, TimeUnit};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::physical_expr::expressions::Literal;
 use datafusion::physical_expr::PhysicalExpr;
@@ -130,4 +130,76 @@ pub fn list_state_fields(
             ))
         })
         .collect()
+}
+
+/// Nanoseconds per unit of `ts`, or None for an integer `ts`.
+fn ts_unit_nanos(ts: &DataType) -> Option<i64> {
+    match ts {
+        DataType::Timestamp(TimeUnit::Second, _) => Some(1_000_000_000),
+        DataType::Timestamp(TimeUnit::Millisecond, _) => Some(1_000_000),
+        DataType::Timestamp(TimeUnit::Microsecond, _) => Some(1_000),
+        DataType::Timestamp(TimeUnit::Nanosecond, _) => Some(1),
+        _ => None,
+    }
+}
+
+/// A duration argument (an INTERVAL without months, or an integer: seconds for a
+/// timestamp `ts`, `ts`'s own unit for an integer `ts`) in `ts`'s units.
+pub fn duration_in_ts_units(
+    function: &str,
+    value: &ScalarValue,
+    ts: &DataType,
+    argument: &str,
+) -> Result<i64> {
+    let plan_err = |m: String| plan_err(function, m);
+    let unit = ts_unit_nanos(ts);
+    let negative = || plan_err(format!("{argument} must not be negative"));
+    let nanos = match value {
+        ScalarValue::IntervalMonthDayNano(Some(v)) => {
+            if v.months != 0 {
+                return Err(plan_err(format!(
+                    "{argument} cannot be in months or years, which vary in length; use days"
+                )));
+            }
+            Some(v.days as i64 * 86_400_000_000_000 + v.nanoseconds)
+        }
+        ScalarValue::IntervalDayTime(Some(v)) => {
+            Some(v.days as i64 * 86_400_000_000_000 + v.milliseconds as i64 * 1_000_000)
+        }
+        ScalarValue::IntervalYearMonth(Some(_)) => {
+            return Err(plan_err(format!(
+                "{argument} cannot be in months or years, which vary in length; use days"
+            )))
+        }
+        v if v.data_type().is_integer() => {
+            let n = match v.cast_to(&DataType::Int64)? {
+                ScalarValue::Int64(Some(n)) => n,
+                _ => return Err(plan_err(format!("{argument} is out of range"))),
+            };
+            if n < 0 {
+                return Err(negative());
+            }
+            // Seconds for a timestamp, the integer's own unit otherwise.
+            return Ok(match unit {
+                Some(u) => n.saturating_mul(1_000_000_000 / u),
+                None => n,
+            });
+        }
+        other => {
+            return Err(plan_err(format!(
+                "{argument} must be an INTERVAL or an integer literal, got {}",
+                other.data_type()
+            )))
+        }
+    };
+    let nanos = nanos.expect("an interval");
+    if nanos < 0 {
+        return Err(negative());
+    }
+    match unit {
+        Some(u) => Ok(nanos / u),
+        None => Err(plan_err(format!(
+            "{argument} is an INTERVAL but ts is an integer: give it as an integer in ts's units"
+        ))),
+    }
 }

@@ -4,6 +4,7 @@
 //! [`register_all`] so that every session has every function.
 
 mod args;
+pub mod attribution;
 pub mod cohort_retention;
 pub mod funnel;
 mod grouped;
@@ -31,6 +32,7 @@ pub fn aggregate_functions() -> Vec<Arc<AggregateUDF>> {
         retention::retention_udaf(),
         cohort_retention::cohort_retention_udaf(),
         lifecycle::lifecycle_udaf(),
+        attribution::attribution_udaf(),
     ]
 }
 

@@ -6,7 +6,6 @@ use datafusion::scalar::ScalarValue;
 
 use super::plan_err;
 use crate::args::key_values;
-use crate::window_funnel::options::window_in_ts_units;
 
 /// Which step-1 event a person's chain starts from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -62,7 +61,8 @@ impl FunnelOptions {
     /// Parse `text` (`key=value` pairs separated by `;`) for a call with `conds`
     /// conditions and a `ts` of type `ts`.
     pub fn parse(window: &ScalarValue, text: &str, conds: usize, ts: &DataType) -> Result<Self> {
-        let window = window_in_ts_units(window, ts)?;
+        let window =
+            crate::args::duration_in_ts_units(super::NAME, window, ts, "argument 1 (window)")?;
         let mut o = FunnelOptions {
             window,
             entry: Entry::Best,
@@ -191,7 +191,14 @@ fn duration(text: &str, ts: &DataType) -> Result<i64> {
         )
     })?;
     let seconds = match unit {
-        "" => return window_in_ts_units(&ScalarValue::Int64(Some(n)), ts),
+        "" => {
+            return crate::args::duration_in_ts_units(
+                super::NAME,
+                &ScalarValue::Int64(Some(n)),
+                ts,
+                "step_windows",
+            )
+        }
         "s" => n,
         "m" => n * 60,
         "h" => n * 3600,
@@ -209,7 +216,12 @@ fn duration(text: &str, ts: &DataType) -> Result<i64> {
             "step_windows value '{text}' has a unit but ts is an integer: give plain numbers in ts's units"
         )));
     }
-    window_in_ts_units(&ScalarValue::Int64(Some(seconds)), ts)
+    crate::args::duration_in_ts_units(
+        super::NAME,
+        &ScalarValue::Int64(Some(seconds)),
+        ts,
+        "step_windows",
+    )
 }
 
 /// `X:I-J`: condition X between steps I and J.

@@ -1,6 +1,6 @@
 //! The literal arguments of `window_funnel`: the window and the mode.
 
-use datafusion::arrow::datatypes::{DataType, TimeUnit};
+use datafusion::arrow::datatypes::DataType;
 use datafusion::error::Result;
 use datafusion::logical_expr::function::AccumulatorArgs;
 use datafusion::scalar::ScalarValue;
@@ -84,72 +84,9 @@ impl FunnelOptions {
     }
 }
 
-/// Nanoseconds per unit of `ts`, or None for an integer `ts`.
-fn ts_unit_nanos(ts: &DataType) -> Option<i64> {
-    match ts {
-        DataType::Timestamp(TimeUnit::Second, _) => Some(1_000_000_000),
-        DataType::Timestamp(TimeUnit::Millisecond, _) => Some(1_000_000),
-        DataType::Timestamp(TimeUnit::Microsecond, _) => Some(1_000),
-        DataType::Timestamp(TimeUnit::Nanosecond, _) => Some(1),
-        _ => None,
-    }
-}
-
+/// The window in `ts`'s units (see [`crate::args::duration_in_ts_units`]).
 pub(crate) fn window_in_ts_units(window: &ScalarValue, ts: &DataType) -> Result<i64> {
-    let unit = ts_unit_nanos(ts);
-    let negative = || plan_err("argument 1 (window) must not be negative".to_string());
-    let nanos =
-        match window {
-            ScalarValue::IntervalMonthDayNano(Some(v)) => {
-                if v.months != 0 {
-                    return Err(plan_err(
-                        "argument 1 (window) cannot be in months or years, which vary in length; \
-                     use days"
-                            .to_string(),
-                    ));
-                }
-                Some(v.days as i64 * 86_400_000_000_000 + v.nanoseconds)
-            }
-            ScalarValue::IntervalDayTime(Some(v)) => {
-                Some(v.days as i64 * 86_400_000_000_000 + v.milliseconds as i64 * 1_000_000)
-            }
-            ScalarValue::IntervalYearMonth(Some(_)) => return Err(plan_err(
-                "argument 1 (window) cannot be in months or years, which vary in length; use days"
-                    .to_string(),
-            )),
-            v if v.data_type().is_integer() => {
-                let n = match v.cast_to(&DataType::Int64)? {
-                    ScalarValue::Int64(Some(n)) => n,
-                    _ => return Err(plan_err("argument 1 (window) is out of range".to_string())),
-                };
-                if n < 0 {
-                    return Err(negative());
-                }
-                // Seconds for a timestamp, the integer's own unit otherwise.
-                return Ok(match unit {
-                    Some(u) => n.saturating_mul(1_000_000_000 / u),
-                    None => n,
-                });
-            }
-            other => {
-                return Err(plan_err(format!(
-                    "argument 1 (window) must be an INTERVAL or an integer literal, got {}",
-                    other.data_type()
-                )))
-            }
-        };
-    let nanos = nanos.expect("an interval");
-    if nanos < 0 {
-        return Err(negative());
-    }
-    match unit {
-        Some(u) => Ok(nanos / u),
-        None => Err(plan_err(
-            "argument 1 (window) is an INTERVAL but ts is an integer: give the window as an \
-             integer in ts's units"
-                .to_string(),
-        )),
-    }
+    crate::args::duration_in_ts_units(super::NAME, window, ts, "argument 1 (window)")
 }
 
 /// Check the argument types; conditions that are NULL literals become booleans.

@@ -1,0 +1,278 @@
+//! State for `attribution`: every group's touches and conversions in one flat buffer,
+//! channels interned as small integers.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, Float64Array, Float64Builder, Int64Array, ListArray,
+    StringArray, StringBuilder, StructArray,
+};
+use datafusion::arrow::buffer::OffsetBuffer;
+use datafusion::arrow::datatypes::{DataType, Fields, Float64Type, Int64Type};
+use datafusion::error::Result;
+
+use super::models::{split, Model, Touch};
+use super::{ARG_CHANNEL, ARG_CONVERSION, ARG_TS, ARG_VALUE, NO_TOUCH};
+use crate::grouped::{for_each_element, list_offsets, runs, FlatAggregate, FlatEvents};
+
+pub type AttributionGroups = FlatAggregate<AttributionSpec>;
+
+/// A row that is a touch (channel set), a conversion, or both.
+#[derive(Debug, Clone, Copy)]
+pub struct AttributionEvent {
+    pub ts: i64,
+    /// Interned channel, 0 for none.
+    pub channel: u32,
+    pub conversion: bool,
+    pub value: f64,
+}
+
+#[derive(Debug)]
+pub struct AttributionSpec {
+    model: Model,
+    lookback: i64,
+    item_fields: Fields,
+    names: Vec<String>,
+    ids: HashMap<String, u32>,
+}
+
+impl AttributionSpec {
+    pub fn new(model: Model, lookback: i64, item_fields: Fields) -> Self {
+        AttributionSpec {
+            model,
+            lookback,
+            item_fields,
+            names: vec![],
+            ids: HashMap::new(),
+        }
+    }
+
+    fn intern(&mut self, name: &str) -> u32 {
+        if let Some(id) = self.ids.get(name) {
+            return *id;
+        }
+        self.names.push(name.to_string());
+        let id = self.names.len() as u32;
+        self.ids.insert(name.to_string(), id);
+        id
+    }
+
+    fn name(&self, id: u32) -> &str {
+        if id == u32::MAX {
+            NO_TOUCH
+        } else {
+            &self.names[id as usize - 1]
+        }
+    }
+
+    /// The credits of one person: (channel id, conversions, value), u32::MAX for
+    /// conversions without a touch in their lookback.
+    fn credits(&self, run: &[(u32, AttributionEvent)], out: &mut Vec<(u32, f64, f64)>) {
+        out.clear();
+        let mut touches: Vec<Touch> = run
+            .iter()
+            .filter(|e| e.1.channel != 0)
+            .map(|e| Touch {
+                ts: e.1.ts,
+                channel: e.1.channel,
+            })
+            .collect();
+        // Ties in time go in channel-name order, so that first/last touch are defined.
+        if touches.windows(2).any(|w| w[0].ts == w[1].ts) {
+            touches.sort_by(|a, b| {
+                a.ts.cmp(&b.ts)
+                    .then_with(|| self.name(a.channel).cmp(self.name(b.channel)))
+            });
+        }
+        let mut add = |channel: u32, conversions: f64, value: f64| match out
+            .iter_mut()
+            .find(|c| c.0 == channel)
+        {
+            Some(c) => {
+                c.1 += conversions;
+                c.2 += value;
+            }
+            None => out.push((channel, conversions, value)),
+        };
+        let (mut lo, mut hi) = (0, 0);
+        for e in run.iter().map(|e| e.1).filter(|e| e.conversion) {
+            // The window is [ts - lookback, ts]: both ends count.
+            while hi < touches.len() && touches[hi].ts <= e.ts {
+                hi += 1;
+            }
+            let from = e.ts.saturating_sub(self.lookback);
+            while lo < hi && touches[lo].ts < from {
+                lo += 1;
+            }
+            let window = &touches[lo..hi];
+            if window.is_empty() {
+                add(u32::MAX, 1.0, e.value);
+                continue;
+            }
+            split(
+                &self.model,
+                e.ts,
+                window,
+                &|c| self.name(c),
+                &mut |c, share| add(c, share, share * e.value),
+            );
+        }
+    }
+
+    fn results(&self, entries: &[(u32, AttributionEvent)], n: usize) -> Result<ArrayRef> {
+        let mut lengths = Vec::with_capacity(n);
+        let mut channel = StringBuilder::new();
+        let mut conversions = Float64Builder::new();
+        let mut value = Float64Builder::new();
+        let mut credits = vec![];
+        for run in runs(entries, n) {
+            self.credits(run, &mut credits);
+            credits.sort_by(|a, b| self.name(a.0).cmp(self.name(b.0)));
+            lengths.push(credits.len());
+            for (c, k, v) in &credits {
+                channel.append_value(self.name(*c));
+                conversions.append_value(*k);
+                value.append_value(*v);
+            }
+        }
+        let items = StructArray::new(
+            self.item_fields.clone(),
+            vec![
+                Arc::new(channel.finish()),
+                Arc::new(conversions.finish()),
+                Arc::new(value.finish()),
+            ],
+            None,
+        );
+        let field = Arc::new(datafusion::arrow::datatypes::Field::new_list_field(
+            DataType::Struct(self.item_fields.clone()),
+            false,
+        ));
+        Ok(Arc::new(ListArray::new(
+            field,
+            OffsetBuffer::from_lengths(lengths),
+            Arc::new(items),
+            None,
+        )))
+    }
+}
+
+impl FlatEvents for AttributionSpec {
+    type Event = AttributionEvent;
+    type Key = i64;
+
+    fn key(e: &AttributionEvent) -> i64 {
+        e.ts
+    }
+
+    fn fresh(&self) -> Self {
+        AttributionSpec::new(self.model.clone(), self.lookback, self.item_fields.clone())
+    }
+
+    fn add_rows(
+        &mut self,
+        values: &[ArrayRef],
+        filter: Option<&BooleanArray>,
+        push: &mut dyn FnMut(usize, AttributionEvent),
+    ) -> Result<()> {
+        let ts = datafusion::arrow::compute::cast(&values[ARG_TS], &DataType::Int64)?;
+        let ts = ts.as_primitive::<Int64Type>();
+        let channel = datafusion::arrow::compute::cast(&values[ARG_CHANNEL], &DataType::Utf8)?;
+        let channel = channel.as_string::<i32>();
+        let conversion = values[ARG_CONVERSION].as_boolean();
+        let value = datafusion::arrow::compute::cast(&values[ARG_VALUE], &DataType::Float64)?;
+        let value = value.as_primitive::<Float64Type>();
+        for row in 0..ts.len() {
+            if filter.is_some_and(|f| !f.is_valid(row) || !f.value(row)) || ts.is_null(row) {
+                continue;
+            }
+            let is_conversion = conversion.is_valid(row) && conversion.value(row);
+            let touch = channel.is_valid(row);
+            if !is_conversion && !touch {
+                continue;
+            }
+            let channel_id = if touch {
+                self.intern(channel.value(row))
+            } else {
+                0
+            };
+            push(
+                row,
+                AttributionEvent {
+                    ts: ts.value(row),
+                    channel: channel_id,
+                    conversion: is_conversion,
+                    value: if value.is_valid(row) {
+                        value.value(row)
+                    } else {
+                        0.0
+                    },
+                },
+            );
+        }
+        Ok(())
+    }
+
+    fn results(&self, entries: &[(u32, AttributionEvent)], n: usize) -> Result<ArrayRef> {
+        AttributionSpec::results(self, entries, n)
+    }
+
+    fn state_lists(&self, entries: &[(u32, AttributionEvent)], n: usize) -> Vec<ArrayRef> {
+        let offsets = list_offsets(entries, n);
+        let list = |values: ArrayRef| -> ArrayRef {
+            let field = Arc::new(datafusion::arrow::datatypes::Field::new_list_field(
+                values.data_type().clone(),
+                true,
+            ));
+            Arc::new(ListArray::new(field, offsets.clone(), values, None))
+        };
+        vec![
+            list(Arc::new(Int64Array::from_iter_values(
+                entries.iter().map(|e| e.1.ts),
+            ))),
+            list(Arc::new(StringArray::from_iter(entries.iter().map(|e| {
+                (e.1.channel != 0).then(|| self.name(e.1.channel))
+            })))),
+            list(Arc::new(BooleanArray::from_iter(
+                entries.iter().map(|e| Some(e.1.conversion)),
+            ))),
+            list(Arc::new(Float64Array::from_iter_values(
+                entries.iter().map(|e| e.1.value),
+            ))),
+        ]
+    }
+
+    fn merge_lists(
+        &mut self,
+        states: &[ArrayRef],
+        push: &mut dyn FnMut(usize, AttributionEvent),
+    ) -> Result<()> {
+        let lists: Vec<&ListArray> = states.iter().map(|v| v.as_list::<i32>()).collect();
+        let ts = lists[0].values().as_primitive::<Int64Type>().clone();
+        let channel = lists[1].values().as_string::<i32>().clone();
+        let conversion = lists[2].values().as_boolean().clone();
+        let value = lists[3].values().as_primitive::<Float64Type>().clone();
+        for_each_element(lists[0], |i, j| {
+            let channel_id = if channel.is_valid(j) {
+                self.intern(channel.value(j))
+            } else {
+                0
+            };
+            push(
+                i,
+                AttributionEvent {
+                    ts: ts.value(j),
+                    channel: channel_id,
+                    conversion: conversion.value(j),
+                    value: value.value(j),
+                },
+            );
+        });
+        Ok(())
+    }
+
+    fn extra_size(&self) -> usize {
+        self.names.iter().map(|s| s.capacity() * 2 + 48).sum()
+    }
+}
