@@ -10,8 +10,10 @@ pub mod funnel;
 mod grouped;
 pub mod lifecycle;
 pub mod local_period;
+pub mod markov_attribution;
 pub mod periods;
 pub mod retention;
+pub mod shapley_attribution;
 pub mod window_funnel;
 
 use datafusion::error::Result;
@@ -33,6 +35,8 @@ pub fn aggregate_functions() -> Vec<Arc<AggregateUDF>> {
         cohort_retention::cohort_retention_udaf(),
         lifecycle::lifecycle_udaf(),
         attribution::attribution_udaf(),
+        markov_attribution::markov_attribution_udaf(),
+        shapley_attribution::shapley_attribution_udaf(),
     ]
 }
 
