@@ -38,6 +38,11 @@ PERIODS = 8
 def day_range(d):
     return f"event_time >= TIMESTAMP '{d}T00:00:00Z' AND event_time < TIMESTAMP '{d + _dt.timedelta(days=1)}T00:00:00Z'"
 
+# Attribution workloads: the model of each; purchases credited to the touches (rows with
+# a channel) of the 7 days before them.
+ATTRIBUTION = {"attribution_last": "last_touch", "attribution_linear": "linear"}
+LOOKBACK_DAYS = 7
+
 # (people, events, days) per size name.
 SIZES = {
     "1m": (50_000, 1_000_000, 30),
@@ -63,6 +68,14 @@ def tidepool_sql(workload):
         )
     if workload == "scan":
         return f"SELECT count(*) AS people, sum(n) AS events FROM (SELECT {PERSON} AS p, count(*) AS n FROM ev GROUP BY 1)"
+    if workload in ATTRIBUTION:
+        model = ATTRIBUTION[workload]
+        return (
+            "SELECT c['channel'] AS channel, round(sum(c['conversions']), 3) AS conversions, "
+            "round(sum(c['value'])) AS value FROM ("
+            f"SELECT unnest(attribution(INTERVAL '{LOOKBACK_DAYS} days', 'model={model}', event_time, channel, "
+            f"event_name = 'purchase', revenue)) AS c FROM ev GROUP BY {PERSON}) GROUP BY 1 ORDER BY 1"
+        )
     if workload == "window_funnel":
         return (
             "SELECT level, count(*) AS people FROM ("
@@ -96,6 +109,31 @@ def clickhouse_sql(workload, path):
         )
     if workload == "scan":
         return f"SELECT count() AS people, sum(n) AS events FROM (SELECT {PERSON} AS p, count() AS n FROM {source} GROUP BY p)"
+    if workload in ATTRIBUTION:
+        # The usual ClickHouse formulation: each person's touches and purchases as arrays,
+        # then, per purchase, the touches of its window filtered with lambdas.
+        lookback = LOOKBACK_DAYS * 86_400_000_000
+        if ATTRIBUTION[workload] == "last_touch":
+            pick = ("if(length(w_ts) = 0, ['(none)'], "
+                    "[w_ch[indexOf(w_ts, arrayMax(w_ts))]]) AS chans")
+        else:
+            pick = "if(length(w_ch) = 0, ['(none)'], w_ch) AS chans"
+        return f"""
+WITH per AS (
+  SELECT p,
+    groupArrayIf(ts, channel IS NOT NULL) AS tts,
+    groupArrayIf(assumeNotNull(channel), channel IS NOT NULL) AS tch,
+    groupArrayIf(ts, event_name = 'purchase') AS cts,
+    groupArrayIf(coalesce(revenue, 0), event_name = 'purchase') AS cvs
+  FROM (SELECT {PERSON} AS p, toUnixTimestamp64Micro(event_time) AS ts, channel, event_name, revenue FROM {source})
+  GROUP BY p HAVING length(cts) > 0)
+SELECT channel, round(sum(share), 3) AS conversions, round(sum(share * v)) AS value FROM (
+  SELECT v,
+    arrayFilter((tt) -> tt <= t AND tt >= t - {lookback}, tts) AS w_ts,
+    arrayFilter((ch, tt) -> tt <= t AND tt >= t - {lookback}, tch, tts) AS w_ch,
+    {pick}, 1 / length(chans) AS share
+  FROM per ARRAY JOIN cts AS t, cvs AS v)
+ARRAY JOIN chans AS channel GROUP BY channel ORDER BY channel"""
     if workload == "window_funnel":
         # Microseconds as UInt64 keep the exact times (DateTime would truncate to seconds).
         return (
@@ -122,6 +160,28 @@ WHERE a.w BETWEEN DATE '{first}' AND DATE '{last}'
 GROUP BY 1, 2 ORDER BY 1, 2"""
     if workload == "scan":
         return f"SELECT count(*) AS people, sum(n) AS events FROM (SELECT {PERSON} AS p, count(*) AS n FROM {source} GROUP BY 1)"
+    if workload in ATTRIBUTION:
+        parts = f"""
+WITH conv AS (SELECT row_number() OVER () AS id, {PERSON} AS p, event_time AS t, coalesce(revenue, 0) AS v
+              FROM {source} WHERE event_name = 'purchase'),
+touch AS (SELECT {PERSON} AS p, event_time AS t, channel FROM {source} WHERE channel IS NOT NULL)"""
+        if ATTRIBUTION[workload] == "last_touch":
+            # ASOF JOIN: the latest touch at or before each purchase, kept if within the window.
+            return parts + f"""
+SELECT coalesce(CASE WHEN touch.t >= conv.t - INTERVAL {LOOKBACK_DAYS} DAY THEN touch.channel END, '(none)') AS channel,
+       round(count(*), 3) AS conversions, round(sum(conv.v)) AS value
+FROM conv ASOF LEFT JOIN touch ON conv.p = touch.p AND conv.t >= touch.t
+GROUP BY 1 ORDER BY 1"""
+        # Linear: a range join of purchases to the touches of their window.
+        return parts + f""",
+pairs AS (SELECT conv.id, conv.v, touch.channel, count(*) OVER (PARTITION BY conv.id) AS k
+          FROM conv JOIN touch ON conv.p = touch.p AND touch.t <= conv.t
+          AND touch.t >= conv.t - INTERVAL {LOOKBACK_DAYS} DAY)
+SELECT channel, round(sum(conversions), 3) AS conversions, round(sum(value)) AS value FROM (
+  SELECT channel, 1.0 / k AS conversions, v / k AS value FROM pairs
+  UNION ALL
+  SELECT '(none)', 1.0, v FROM conv WHERE id NOT IN (SELECT id FROM pairs))
+GROUP BY 1 ORDER BY 1"""
     if workload == "window_funnel":
         # The usual hand-written funnel: from each person's first view, the first of each
         # next step after the previous one and within a day of the view. Not the same
@@ -291,7 +351,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="10m,40m")
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--workloads", default="scan,window_funnel,retention7,retention_matrix")
+    parser.add_argument("--workloads", default="scan,window_funnel,retention7,retention_matrix,attribution_last,attribution_linear")
     parser.add_argument("--work", default=str(Path.home() / ".cache" / "tidepool" / "bench"))
     parser.add_argument("--tidepool", default=str(Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target")) / "release" / "tidepool"))
     parser.add_argument("--child")
