@@ -25,6 +25,7 @@ const NAMES: [&str; 6] = [
     "purchase",
     "search",
 ];
+const CHANNELS: [&str; 6] = ["search_ads", "email", "wechat", "douyin", "direct", "sms"];
 
 fn events() -> RecordBatch {
     // A fixed linear congruential sequence: the same data every run.
@@ -39,6 +40,7 @@ fn events() -> RecordBatch {
     let mut ts = Vec::with_capacity(ROWS);
     let mut person = Vec::with_capacity(ROWS);
     let mut name = Vec::with_capacity(ROWS);
+    let mut channel: Vec<Option<&str>> = Vec::with_capacity(ROWS);
     for i in 0..ROWS {
         ts.push(start + (i as i64) * (30 * 86_400_000_000 / ROWS as i64));
         person.push(next(PEOPLE as u64) as i64);
@@ -50,6 +52,9 @@ fn events() -> RecordBatch {
             k += 1;
         }
         name.push(NAMES[k]);
+        // A third of page views are marketing touches.
+        channel
+            .push((k == 0 && next(3) == 0).then(|| CHANNELS[next(CHANNELS.len() as u64) as usize]));
     }
     let schema = Arc::new(Schema::new(vec![
         Field::new(
@@ -59,11 +64,13 @@ fn events() -> RecordBatch {
         ),
         Field::new("person", DataType::Int64, false),
         Field::new("event_name", DataType::Utf8, false),
+        Field::new("channel", DataType::Utf8, true),
     ]));
     let columns: Vec<ArrayRef> = vec![
         Arc::new(TimestampMicrosecondArray::from(ts).with_timezone("UTC")),
         Arc::new(Int64Array::from(person)),
         Arc::new(StringArray::from(name)),
+        Arc::new(StringArray::from(channel)),
     ];
     RecordBatch::try_new(schema, columns).expect("valid batch")
 }
@@ -90,6 +97,10 @@ fn bench(c: &mut Criterion) {
         ("retention", "SELECT retention(ts < TIMESTAMP '2026-10-02T00:00:00Z', ts >= TIMESTAMP '2026-10-08T00:00:00Z') FROM ev GROUP BY person".to_string()),
         ("cohort_retention", "SELECT cohort_retention('unit=week; periods=4', ts, event_name = 'view_item', true, NULL) FROM ev GROUP BY person".to_string()),
         ("lifecycle", "SELECT lifecycle('unit=week', ts, true) FROM ev GROUP BY person".to_string()),
+        ("attribution_last_touch", "SELECT attribution(INTERVAL '7 days', 'model=last_touch', ts, channel, event_name = 'purchase', NULL) FROM ev GROUP BY person".to_string()),
+        ("attribution_linear", "SELECT attribution(INTERVAL '7 days', 'model=linear', ts, channel, event_name = 'purchase', NULL) FROM ev GROUP BY person".to_string()),
+        ("markov_attribution", "SELECT markov_attribution('order=1', path, n, NULL) FROM (SELECT array_agg(channel) FILTER (WHERE channel IS NOT NULL) AS path, count(*) FILTER (WHERE event_name = 'purchase') AS n FROM ev GROUP BY person)".to_string()),
+        ("shapley_attribution", "SELECT shapley_attribution('', path, n, NULL) FROM (SELECT array_agg(channel) FILTER (WHERE channel IS NOT NULL) AS path, count(*) FILTER (WHERE event_name = 'purchase') AS n FROM ev GROUP BY person)".to_string()),
         ("local_period", "SELECT count(DISTINCT local_period(ts, 'week', 'Asia/Shanghai')) FROM ev".to_string()),
         ("baseline_count", "SELECT count(*) FROM ev GROUP BY person".to_string()),
     ];
