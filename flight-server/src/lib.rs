@@ -112,15 +112,23 @@ pub async fn serve(
     };
     println!("listening on {bound} ({scheme}://{bound})");
     tracing::info!(%bound, warehouse = %config.warehouse.root.url, "serving Flight SQL");
+    // Small responses must not wait for Nagle's algorithm and the client's delayed ACK
+    // (tens of milliseconds per call); tonic's own nodelay setting does not reach
+    // connections from a listener we bound ourselves.
+    let incoming = tokio_stream::StreamExt::map(
+        tokio_stream::wrappers::TcpListenerStream::new(listener),
+        |conn| {
+            conn.inspect(|c| {
+                let _ = c.set_nodelay(true);
+            })
+        },
+    );
     builder
         .layer(auth::AuthLayer {
             auth: authenticator,
         })
         .add_service(flight)
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown,
-        )
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .context("the server stopped")?;
     Ok(())
