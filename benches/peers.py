@@ -74,7 +74,10 @@ def tidepool_sql(workload):
             "SELECT c['channel'] AS channel, round(sum(c['conversions']), 3) AS conversions, "
             "round(sum(c['value'])) AS value FROM ("
             f"SELECT unnest(attribution(INTERVAL '{LOOKBACK_DAYS} days', 'model={model}', event_time, channel, "
-            f"event_name = 'purchase', revenue)) AS c FROM ev GROUP BY {PERSON}) GROUP BY 1 ORDER BY 1"
+            f"event_name = 'purchase', revenue)) AS c FROM ev "
+            # Rows that are neither touches nor purchases do not matter; the peers' SQL
+            # drops them too.
+            f"WHERE channel IS NOT NULL OR event_name = 'purchase' GROUP BY {PERSON}) GROUP BY 1 ORDER BY 1"
         )
     if workload == "window_funnel":
         return (

@@ -229,7 +229,7 @@ def test_results_leave_without_view_types(server):
         assert table.num_rows == 3
 
 
-def test_funnel_and_retention_functions_work_over_flight(server, tidepool_bin, warehouse):
+def test_funnel_retention_and_attribution_functions_work_over_flight(server, tidepool_bin, warehouse):
     sqls = [
         """SELECT level, count(*) AS people FROM (
              SELECT window_funnel(INTERVAL '1 day', '', event_time,
@@ -238,6 +238,10 @@ def test_funnel_and_retention_functions_work_over_flight(server, tidepool_bin, w
         """SELECT r[1] AS first, r[2] AS back, count(*) AS people FROM (
              SELECT retention(event_name = 'signup', event_name = 'purchase') AS r
              FROM events GROUP BY user_id) GROUP BY r[1], r[2] ORDER BY 1, 2""",
+        """SELECT c['channel'] AS channel, round(sum(c['conversions']), 6) AS purchases FROM (
+             SELECT unnest(attribution(INTERVAL '7 days', 'model=linear', event_time, channel,
+                                       event_name = 'purchase', revenue)) AS c
+             FROM events GROUP BY anonymous_id) GROUP BY 1 ORDER BY 1""",
     ]
     with connect(server, "ana") as conn:
         for sql in sqls:

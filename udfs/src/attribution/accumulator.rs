@@ -1,15 +1,16 @@
 //! State for `attribution`: every group's touches and conversions in one flat buffer,
 //! channels interned as small integers.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
+use datafusion::common::HashMap;
+
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, Float64Array, Float64Builder, Int64Array, ListArray,
-    StringArray, StringBuilder, StructArray,
+    Array, ArrayRef, AsArray, BooleanArray, DictionaryArray, Float64Array, Float64Builder,
+    Int32Array, Int64Array, ListArray, StringArray, StringBuilder, StructArray,
 };
 use datafusion::arrow::buffer::OffsetBuffer;
-use datafusion::arrow::datatypes::{DataType, Fields, Float64Type, Int64Type};
+use datafusion::arrow::datatypes::{DataType, Fields, Float64Type, Int32Type, Int64Type};
 use datafusion::error::Result;
 
 use super::models::{split, Model, Touch};
@@ -44,7 +45,7 @@ impl AttributionSpec {
             lookback,
             item_fields,
             names: vec![],
-            ids: HashMap::new(),
+            ids: HashMap::default(),
         }
     }
 
@@ -231,9 +232,19 @@ impl FlatEvents for AttributionSpec {
             list(Arc::new(Int64Array::from_iter_values(
                 entries.iter().map(|e| e.1.ts),
             ))),
-            list(Arc::new(StringArray::from_iter(entries.iter().map(|e| {
-                (e.1.channel != 0).then(|| self.name(e.1.channel))
-            })))),
+            // Channels as a dictionary over this state's names: a merge maps each name
+            // once instead of hashing every element's string.
+            list(Arc::new(
+                DictionaryArray::<Int32Type>::try_new(
+                    Int32Array::from_iter(
+                        entries
+                            .iter()
+                            .map(|e| (e.1.channel != 0).then(|| e.1.channel as i32 - 1)),
+                    ),
+                    Arc::new(StringArray::from_iter_values(self.names.iter())),
+                )
+                .expect("keys index the names"),
+            )),
             list(Arc::new(BooleanArray::from_iter(
                 entries.iter().map(|e| Some(e.1.conversion)),
             ))),
@@ -250,12 +261,17 @@ impl FlatEvents for AttributionSpec {
     ) -> Result<()> {
         let lists: Vec<&ListArray> = states.iter().map(|v| v.as_list::<i32>()).collect();
         let ts = lists[0].values().as_primitive::<Int64Type>().clone();
-        let channel = lists[1].values().as_string::<i32>().clone();
+        let channel = lists[1].values().as_dictionary::<Int32Type>().clone();
+        let names = channel.values().as_string::<i32>().clone();
+        let ids: Vec<u32> = (0..names.len())
+            .map(|k| self.intern(names.value(k)))
+            .collect();
+        let keys = channel.keys().clone();
         let conversion = lists[2].values().as_boolean().clone();
         let value = lists[3].values().as_primitive::<Float64Type>().clone();
         for_each_element(lists[0], |i, j| {
-            let channel_id = if channel.is_valid(j) {
-                self.intern(channel.value(j))
+            let channel_id = if keys.is_valid(j) {
+                ids[keys.value(j) as usize]
             } else {
                 0
             };

@@ -185,7 +185,10 @@ impl AggregateUDFImpl for Attribution {
             args.name,
             &[
                 ("ts", DataType::Int64),
-                ("channel", DataType::Utf8),
+                (
+                    "channel",
+                    DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)),
+                ),
                 ("conversion", DataType::Boolean),
                 ("value", DataType::Float64),
             ],
