@@ -205,6 +205,29 @@ impl TidepoolFlightSql {
         })
     }
 
+    /// The FlightInfo of a metadata command: its ticket is the command itself, which the
+    /// DoGet answers (after authenticating again).
+    async fn metadata_info(
+        &self,
+        request: Request<FlightDescriptor>,
+        schema: &Schema,
+        command: Vec<u8>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.who(&request).await?;
+        let info = flight_info(schema, command.into(), request.into_inner())?;
+        Ok(Response::new(info))
+    }
+
+    /// An empty answer with `schema` (the key calls: tables here declare no keys).
+    async fn empty_answer<T>(
+        &self,
+        request: Request<T>,
+        schema: SchemaRef,
+    ) -> Result<Response<DoGetStream>, Status> {
+        self.who(&request).await?;
+        Ok(Response::new(batches_stream(schema, vec![])))
+    }
+
     /// The caller, as the [`crate::auth::AuthLayer`] found them (or, for a service run
     /// without the layer, as the request's credentials say).
     async fn who<T>(&self, request: &Request<T>) -> Result<Identity, Status> {
@@ -801,14 +824,9 @@ impl FlightSqlService for TidepoolFlightSql {
         query: CommandGetCatalogs,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.who(&request).await?;
         let schema = query.clone().into_builder().schema();
-        let info = flight_info(
-            &schema,
-            query.as_any().encode_to_vec().into(),
-            request.into_inner(),
-        )?;
-        Ok(Response::new(info))
+        self.metadata_info(request, &schema, query.as_any().encode_to_vec())
+            .await
     }
 
     async fn do_get_catalogs(
@@ -838,14 +856,9 @@ impl FlightSqlService for TidepoolFlightSql {
         query: CommandGetDbSchemas,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.who(&request).await?;
         let schema = query.clone().into_builder().schema();
-        let info = flight_info(
-            &schema,
-            query.as_any().encode_to_vec().into(),
-            request.into_inner(),
-        )?;
-        Ok(Response::new(info))
+        self.metadata_info(request, &schema, query.as_any().encode_to_vec())
+            .await
     }
 
     async fn do_get_schemas(
@@ -868,14 +881,9 @@ impl FlightSqlService for TidepoolFlightSql {
         query: CommandGetTables,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.who(&request).await?;
         let schema = query.clone().into_builder().schema();
-        let info = flight_info(
-            &schema,
-            query.as_any().encode_to_vec().into(),
-            request.into_inner(),
-        )?;
-        Ok(Response::new(info))
+        self.metadata_info(request, &schema, query.as_any().encode_to_vec())
+            .await
     }
 
     async fn do_get_tables(
@@ -900,14 +908,9 @@ impl FlightSqlService for TidepoolFlightSql {
         query: CommandGetTableTypes,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.who(&request).await?;
         let schema = query.clone().into_builder().schema();
-        let info = flight_info(
-            &schema,
-            query.as_any().encode_to_vec().into(),
-            request.into_inner(),
-        )?;
-        Ok(Response::new(info))
+        self.metadata_info(request, &schema, query.as_any().encode_to_vec())
+            .await
     }
 
     async fn do_get_table_types(
@@ -929,14 +932,9 @@ impl FlightSqlService for TidepoolFlightSql {
         query: CommandGetSqlInfo,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.who(&request).await?;
         let schema = query.clone().into_builder(&self.info_read_only).schema();
-        let info = flight_info(
-            &schema,
-            query.as_any().encode_to_vec().into(),
-            request.into_inner(),
-        )?;
-        Ok(Response::new(info))
+        self.metadata_info(request, &schema, query.as_any().encode_to_vec())
+            .await
     }
 
     async fn do_get_sql_info(
@@ -961,13 +959,12 @@ impl FlightSqlService for TidepoolFlightSql {
         query: CommandGetPrimaryKeys,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.who(&request).await?;
-        let info = flight_info(
+        self.metadata_info(
+            request,
             &primary_keys_schema(),
-            query.as_any().encode_to_vec().into(),
-            request.into_inner(),
-        )?;
-        Ok(Response::new(info))
+            query.as_any().encode_to_vec(),
+        )
+        .await
     }
 
     async fn do_get_primary_keys(
@@ -975,8 +972,7 @@ impl FlightSqlService for TidepoolFlightSql {
         _query: CommandGetPrimaryKeys,
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        self.who(&request).await?;
-        Ok(Response::new(batches_stream(primary_keys_schema(), vec![])))
+        self.empty_answer(request, primary_keys_schema()).await
     }
 
     async fn get_flight_info_exported_keys(
@@ -984,13 +980,12 @@ impl FlightSqlService for TidepoolFlightSql {
         query: CommandGetExportedKeys,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.who(&request).await?;
-        let info = flight_info(
+        self.metadata_info(
+            request,
             &foreign_keys_schema(),
-            query.as_any().encode_to_vec().into(),
-            request.into_inner(),
-        )?;
-        Ok(Response::new(info))
+            query.as_any().encode_to_vec(),
+        )
+        .await
     }
 
     async fn do_get_exported_keys(
@@ -998,8 +993,7 @@ impl FlightSqlService for TidepoolFlightSql {
         _query: CommandGetExportedKeys,
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        self.who(&request).await?;
-        Ok(Response::new(batches_stream(foreign_keys_schema(), vec![])))
+        self.empty_answer(request, foreign_keys_schema()).await
     }
 
     async fn get_flight_info_imported_keys(
@@ -1007,13 +1001,12 @@ impl FlightSqlService for TidepoolFlightSql {
         query: CommandGetImportedKeys,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.who(&request).await?;
-        let info = flight_info(
+        self.metadata_info(
+            request,
             &foreign_keys_schema(),
-            query.as_any().encode_to_vec().into(),
-            request.into_inner(),
-        )?;
-        Ok(Response::new(info))
+            query.as_any().encode_to_vec(),
+        )
+        .await
     }
 
     async fn do_get_imported_keys(
@@ -1021,8 +1014,7 @@ impl FlightSqlService for TidepoolFlightSql {
         _query: CommandGetImportedKeys,
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        self.who(&request).await?;
-        Ok(Response::new(batches_stream(foreign_keys_schema(), vec![])))
+        self.empty_answer(request, foreign_keys_schema()).await
     }
 
     async fn get_flight_info_cross_reference(
@@ -1030,13 +1022,12 @@ impl FlightSqlService for TidepoolFlightSql {
         query: CommandGetCrossReference,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.who(&request).await?;
-        let info = flight_info(
+        self.metadata_info(
+            request,
             &foreign_keys_schema(),
-            query.as_any().encode_to_vec().into(),
-            request.into_inner(),
-        )?;
-        Ok(Response::new(info))
+            query.as_any().encode_to_vec(),
+        )
+        .await
     }
 
     async fn do_get_cross_reference(
@@ -1044,8 +1035,7 @@ impl FlightSqlService for TidepoolFlightSql {
         _query: CommandGetCrossReference,
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        self.who(&request).await?;
-        Ok(Response::new(batches_stream(foreign_keys_schema(), vec![])))
+        self.empty_answer(request, foreign_keys_schema()).await
     }
 
     async fn get_flight_info_xdbc_type_info(
@@ -1053,14 +1043,9 @@ impl FlightSqlService for TidepoolFlightSql {
         query: CommandGetXdbcTypeInfo,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.who(&request).await?;
         let schema = query.clone().into_builder(&self.xdbc).schema();
-        let info = flight_info(
-            &schema,
-            query.as_any().encode_to_vec().into(),
-            request.into_inner(),
-        )?;
-        Ok(Response::new(info))
+        self.metadata_info(request, &schema, query.as_any().encode_to_vec())
+            .await
     }
 
     async fn do_get_xdbc_type_info(

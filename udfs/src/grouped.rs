@@ -280,6 +280,21 @@ impl<S: FlatEvents> EvaluateInPlace for FlatAggregate<S> {
     }
 }
 
+/// `values` as a list array of one row (an aggregate's scalar state or result).
+pub fn one_row_list(values: ArrayRef, nullable_items: bool) -> datafusion::arrow::array::ListArray {
+    use datafusion::arrow::datatypes::Field;
+    let field = std::sync::Arc::new(Field::new_list_field(
+        values.data_type().clone(),
+        nullable_items,
+    ));
+    datafusion::arrow::array::ListArray::new(
+        field,
+        OffsetBuffer::from_lengths([values.len()]),
+        values,
+        None,
+    )
+}
+
 /// Call `f(row, j)` for every element j of every non-null list row of `list`.
 pub fn for_each_element(
     list: &datafusion::arrow::array::ListArray,

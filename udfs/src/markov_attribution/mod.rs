@@ -25,6 +25,7 @@ use datafusion::logical_expr::{
 use datafusion::scalar::ScalarValue;
 
 use crate::args::{key_values, string_literal};
+use crate::grouped::one_row_list;
 use chain::Chain;
 
 pub const NAME: &str = "markov_attribution";
@@ -192,7 +193,7 @@ impl Accumulator for MarkovAccumulator {
     fn state(&mut self) -> Result<Vec<ScalarValue>> {
         let mut keys: Vec<&String> = self.paths.keys().collect();
         keys.sort();
-        let list = |values: ArrayRef| ScalarValue::List(Arc::new(wrap_list(values)));
+        let list = |values: ArrayRef| ScalarValue::List(Arc::new(one_row_list(values, true)));
         let floats = |f: &dyn Fn(&PathTotals) -> f64| -> ArrayRef {
             Arc::new(datafusion::arrow::array::Float64Array::from_iter_values(
                 keys.iter().map(|k| f(&self.paths[*k])),
@@ -341,17 +342,6 @@ impl Accumulator for MarkovAccumulator {
                 .map(|k| k.capacity() + std::mem::size_of::<PathTotals>() + 32)
                 .sum::<usize>()
     }
-}
-
-/// `values` as a one-row list.
-fn wrap_list(values: ArrayRef) -> ListArray {
-    let field = Arc::new(Field::new_list_field(values.data_type().clone(), true));
-    ListArray::new(
-        field,
-        OffsetBuffer::from_lengths([values.len()]),
-        values,
-        None,
-    )
 }
 
 #[derive(Debug, PartialEq, Eq, Hash)]

@@ -28,6 +28,7 @@ use datafusion::logical_expr::{
 use datafusion::scalar::ScalarValue;
 
 use crate::args::{key_values, string_literal};
+use crate::grouped::one_row_list;
 
 pub const NAME: &str = "shapley_attribution";
 
@@ -147,15 +148,7 @@ impl Accumulator for ShapleyAccumulator {
 
     fn state(&mut self) -> Result<Vec<ScalarValue>> {
         let items = self.sorted();
-        let list = |values: ArrayRef| {
-            let field = Arc::new(Field::new_list_field(values.data_type().clone(), true));
-            ScalarValue::List(Arc::new(ListArray::new(
-                field,
-                OffsetBuffer::from_lengths([values.len()]),
-                values,
-                None,
-            )))
-        };
+        let list = |values: ArrayRef| ScalarValue::List(Arc::new(one_row_list(values, true)));
         Ok(vec![
             list(Arc::new(StringArray::from_iter_values(
                 items.iter().map(|i| i.0 .0.as_str()),
