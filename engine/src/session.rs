@@ -44,6 +44,7 @@ pub struct SessionOptions {
 /// A new session with every function and table registered.
 pub async fn new_session(options: &SessionOptions) -> Result<SessionContext> {
     let mut config = SessionConfig::new()
+        .with_option_extension(tidepool_udfs::single_phase::TidepoolOptions::default())
         .with_information_schema(true)
         .with_default_catalog_and_schema(CATALOG, SCHEMA);
     if let Some(n) = options.target_partitions {
@@ -52,6 +53,9 @@ pub async fn new_session(options: &SessionOptions) -> Result<SessionContext> {
     let mut state = SessionStateBuilder::new()
         .with_config(config)
         .with_default_features()
+        .with_physical_optimizer_rule(Arc::new(
+            tidepool_udfs::single_phase::SinglePhaseEventAggregates,
+        ))
         .build();
     register_functions(&mut state)?;
     let ctx = SessionContext::new_with_state(state);

@@ -14,6 +14,7 @@ pub mod markov_attribution;
 pub mod periods;
 pub mod retention;
 pub mod shapley_attribution;
+pub mod single_phase;
 pub mod window_funnel;
 
 use datafusion::error::Result;
