@@ -13,6 +13,7 @@ pub mod local_period;
 pub mod markov_attribution;
 pub mod periods;
 pub mod retention;
+pub mod sessionize;
 pub mod shapley_attribution;
 pub mod single_phase;
 pub mod window_funnel;
@@ -43,7 +44,7 @@ pub fn aggregate_functions() -> Vec<Arc<AggregateUDF>> {
 
 /// Every window function of this crate.
 pub fn window_functions() -> Vec<Arc<WindowUDF>> {
-    vec![]
+    vec![sessionize::sessionize_udwf()]
 }
 
 /// Register every function of this crate.
