@@ -203,3 +203,13 @@ pub fn duration_in_ts_units(
         ))),
     }
 }
+
+/// The section of the function docs (`information_schema.routines`, DataFusion's doc
+/// generator) a tidepool function is listed under.
+pub fn doc_section(label: &'static str) -> datafusion::logical_expr::DocSection {
+    datafusion::logical_expr::DocSection {
+        include: true,
+        label,
+        description: None,
+    }
+}

@@ -209,11 +209,7 @@ impl AggregateUDFImpl for Attribution {
     fn documentation(&self) -> Option<&Documentation> {
         static DOC: LazyLock<Documentation> = LazyLock::new(|| {
             Documentation::builder(
-                datafusion::logical_expr::DocSection {
-                    include: true,
-                    label: "tidepool attribution",
-                    description: None,
-                },
+                crate::args::doc_section("tidepool attribution"),
                 "Rule-based attribution of one person's conversions to the channels that \
                  touched them within a lookback window: a list of {channel, conversions, \
                  value}; conversions without a touch go to '(none)'.",

@@ -362,7 +362,7 @@ impl AggregateUDFImpl for CohortRetention {
     fn documentation(&self) -> Option<&Documentation> {
         static DOC: LazyLock<Documentation> = LazyLock::new(|| {
             Documentation::builder(
-                datafusion::logical_expr::DocSection { include: true, label: "tidepool retention", description: None },
+                crate::args::doc_section("tidepool retention"),
                 "Per person, the cohort(s) they belong to and the periods they came back in, as \
                  a list of {cohort_start, period, value}: unnest it and count per (cohort_start, \
                  period) for a retention matrix.",

@@ -192,7 +192,7 @@ impl AggregateUDFImpl for Funnel {
     fn documentation(&self) -> Option<&Documentation> {
         static DOC: LazyLock<Documentation> = LazyLock::new(|| {
             Documentation::builder(
-                datafusion::logical_expr::DocSection { include: true, label: "tidepool funnels", description: None },
+                crate::args::doc_section("tidepool funnels"),
                 "A person's funnel as a struct {level, entry_time, step_times, excluded, \
                  breakdown}, with the entry policy, tie policy, exclusions, unordered steps, \
                  per-step windows, a held property and a breakdown as options.",

@@ -204,7 +204,7 @@ impl AggregateUDFImpl for Lifecycle {
     fn documentation(&self) -> Option<&Documentation> {
         static DOC: LazyLock<Documentation> = LazyLock::new(|| {
             Documentation::builder(
-                datafusion::logical_expr::DocSection { include: true, label: "tidepool retention", description: None },
+                crate::args::doc_section("tidepool retention"),
                 "Per person, their status in each period (new, returning, resurrecting, dormant) \
                  as a list of {period_date, status}.",
                 "lifecycle(options, ts, active_cond)",

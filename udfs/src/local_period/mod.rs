@@ -123,7 +123,7 @@ impl ScalarUDFImpl for LocalPeriod {
     fn documentation(&self) -> Option<&Documentation> {
         static DOC: LazyLock<Documentation> = LazyLock::new(|| {
             Documentation::builder(
-                datafusion::logical_expr::DocSection { include: true, label: "tidepool retention", description: None },
+                crate::args::doc_section("tidepool retention"),
                 "The first local date of the day, week (Monday first) or month ts falls in, in time zone tz.",
                 "local_period(ts, unit, tz)",
             )

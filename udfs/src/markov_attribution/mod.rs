@@ -465,11 +465,7 @@ impl AggregateUDFImpl for MarkovAttribution {
     fn documentation(&self) -> Option<&Documentation> {
         static DOC: LazyLock<Documentation> = LazyLock::new(|| {
             Documentation::builder(
-                datafusion::logical_expr::DocSection {
-                    include: true,
-                    label: "tidepool attribution",
-                    description: None,
-                },
+                crate::args::doc_section("tidepool attribution"),
                 "Markov-chain removal-effect attribution over everyone's channel paths, solved \
                  exactly: a list of {channel, removal_effect, conversions, value}.",
                 "markov_attribution(options, path, conversions, value)",

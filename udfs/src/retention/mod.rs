@@ -113,11 +113,7 @@ impl AggregateUDFImpl for Retention {
     fn documentation(&self) -> Option<&Documentation> {
         static DOC: LazyLock<Documentation> = LazyLock::new(|| {
             Documentation::builder(
-                datafusion::logical_expr::DocSection {
-                    include: true,
-                    label: "tidepool retention",
-                    description: None,
-                },
+                crate::args::doc_section("tidepool retention"),
                 "Per group, a list of N 0/1 values: whether cond1 held on some row, then for \
                  each i > 1 whether cond1 and condi both held. ClickHouse's retention.",
                 "retention(cond1, ..., condN)",

@@ -115,11 +115,7 @@ impl WindowUDFImpl for Sessionize {
     fn documentation(&self) -> Option<&Documentation> {
         static DOC: LazyLock<Documentation> = LazyLock::new(|| {
             Documentation::builder(
-                datafusion::logical_expr::DocSection {
-                    include: true,
-                    label: "tidepool paths",
-                    description: None,
-                },
+                crate::args::doc_section("tidepool paths"),
                 "Numbers a person's sessions (1, 2, ...) over PARTITION BY person ORDER BY ts: \
                  a row starts a new session when more than gap has passed since the previous \
                  row.",

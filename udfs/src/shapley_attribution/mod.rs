@@ -291,11 +291,7 @@ impl AggregateUDFImpl for ShapleyAttribution {
     fn documentation(&self) -> Option<&Documentation> {
         static DOC: LazyLock<Documentation> = LazyLock::new(|| {
             Documentation::builder(
-                datafusion::logical_expr::DocSection {
-                    include: true,
-                    label: "tidepool attribution",
-                    description: None,
-                },
+                crate::args::doc_section("tidepool attribution"),
                 "Shapley-value attribution of conversions to the distinct channels of each \
                  path: a list of {channel, position, conversions, value} (position with \
                  ordered=true).",

@@ -123,11 +123,7 @@ impl AggregateUDFImpl for WindowFunnel {
     fn documentation(&self) -> Option<&Documentation> {
         static DOC: LazyLock<Documentation> = LazyLock::new(|| {
             Documentation::builder(
-                datafusion::logical_expr::DocSection {
-                    include: true,
-                    label: "tidepool funnels",
-                    description: None,
-                },
+                crate::args::doc_section("tidepool funnels"),
                 "The funnel level (0..N) a group reached: the longest chain cond1 → cond2 → … \
                  whose events all fall within `window` of the chain's first event. Same \
                  answers as ClickHouse's windowFunnel.",
