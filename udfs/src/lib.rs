@@ -13,6 +13,7 @@ pub mod local_period;
 pub mod markov_attribution;
 pub mod periods;
 pub mod retention;
+pub mod sequence_match;
 pub mod sessionize;
 pub mod shapley_attribution;
 pub mod single_phase;
@@ -39,6 +40,8 @@ pub fn aggregate_functions() -> Vec<Arc<AggregateUDF>> {
         attribution::attribution_udaf(),
         markov_attribution::markov_attribution_udaf(),
         shapley_attribution::shapley_attribution_udaf(),
+        sequence_match::sequence_match_udaf(),
+        sequence_match::sequence_count_udaf(),
     ]
 }
 
