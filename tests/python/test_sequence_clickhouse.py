@@ -122,3 +122,60 @@ def test_hand_picked_patterns_equal_clickhouse(tmp_path, tidepool_sql):
     for ours_name, theirs_name in [("sequence_match", "sequenceMatch"), ("sequence_count", "sequenceCount")]:
         compare(tidepool(tidepool_sql, path, ours_name, patterns, "t_us"),
                 clickhouse(path, theirs_name, patterns), patterns)
+
+
+NAMES = ["home", "cart", "pay", "help"]
+
+
+NEXT_NODE_CALLS = [
+    (direction, base, events)
+    for direction, base in [("forward", "head"), ("forward", "first_match"), ("forward", "last_match"),
+                            ("backward", "tail"), ("backward", "first_match"), ("backward", "last_match")]
+    for events in ([[], ["cart"], ["home", "cart"]] if base in ("head", "tail") else
+                   [["cart"], ["cart", "pay"], ["home", "cart", "home"]])
+]
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_sequence_next_node_equals_clickhouse(tmp_path, tidepool_sql, seed):
+    path = tmp_path / "pages.parquet"
+    rng = random.Random(seed)
+    rows = []
+    for person in range(300):
+        t = rng.randint(0, 40)
+        for _ in range(rng.randint(0, 10)):
+            t += rng.choice([1, 2, 5, 30])  # never 0: no ties
+            rows.append((person, t, rng.choice(NAMES), rng.random() < 0.8))
+    rng.shuffle(rows)
+    pq.write_table(pa.table({
+        "person": pa.array([r[0] for r in rows], pa.int64()),
+        "ts": pa.array([r[1] for r in rows], pa.uint32()),
+        "t_us": pa.array([r[1] * 1_000_000 for r in rows], pa.timestamp("us", tz="UTC")),
+        "page": pa.array([r[2] for r in rows], pa.string()),
+        "ok": pa.array([r[3] for r in rows], pa.bool_()),
+    }), path, row_group_size=300)
+
+    def events(names):
+        return "".join(f", page = '{n}'" for n in names)
+
+    theirs_calls = ", ".join(
+        f"sequenceNextNode('{d}', '{b}')(ts, page, ok{events(e)})" for d, b, e in NEXT_NODE_CALLS)
+    out = chdb.query(
+        f"SELECT person, {theirs_calls} FROM file('{path}', Parquet) GROUP BY person ORDER BY person "
+        "SETTINGS allow_experimental_funnel_functions = 1", "CSV").data()
+    theirs = {int(r[0]): [None if v == "\\N" else v.strip('"') for v in r[1:]]
+              for r in (line.split(",") for line in out.strip().splitlines())}
+    ours_calls = ", ".join(
+        f"sequence_next_node('{d}', '{b}', t_us, page, ok{events(e)}) AS a{i}"
+        for i, (d, b, e) in enumerate(NEXT_NODE_CALLS))
+    rows = tidepool_sql(f"SELECT person, {ours_calls} FROM ev GROUP BY person ORDER BY person",
+                        tables={"ev": str(path)})
+    ours = {int(r[0]): [v or None for v in r[1:]] for r in rows}
+    assert set(ours) == set(theirs)
+    wrong = [(p, NEXT_NODE_CALLS[i], ours[p][i], theirs[p][i])
+             for p in theirs for i in range(len(NEXT_NODE_CALLS)) if ours[p][i] != theirs[p][i]]
+    assert wrong == []
+    # Every call answers both values and NULLs across the people.
+    for i in range(len(NEXT_NODE_CALLS)):
+        answers = {theirs[p][i] for p in theirs}
+        assert None in answers and len(answers) >= 2, NEXT_NODE_CALLS[i]

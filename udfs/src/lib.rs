@@ -14,6 +14,7 @@ pub mod markov_attribution;
 pub mod periods;
 pub mod retention;
 pub mod sequence_match;
+pub mod sequence_next_node;
 pub mod sessionize;
 pub mod shapley_attribution;
 pub mod single_phase;
@@ -42,6 +43,7 @@ pub fn aggregate_functions() -> Vec<Arc<AggregateUDF>> {
         shapley_attribution::shapley_attribution_udaf(),
         sequence_match::sequence_match_udaf(),
         sequence_match::sequence_count_udaf(),
+        sequence_next_node::sequence_next_node_udaf(),
     ]
 }
 

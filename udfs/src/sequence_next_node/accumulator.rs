@@ -1,0 +1,265 @@
+//! State for `sequence_next_node`: every row of every group in one flat buffer (see
+//! [`FlatAggregate`]) as (ts, value, base, events), 24 bytes each; the values are
+//! interned once per accumulator, so repeated event names cost an id, not a string.
+//!
+//! Rows sort by (ts, value) as in ClickHouse: the buffer sorts by (ts, value id), then
+//! each run of equal times is put in value order (ids are in first-seen order), then by
+//! events and base so that the order is the same however the rows arrived.
+//!
+//! The partial-aggregation state is four lists per group: ts, value, base, events.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    Array, ArrayAccessor, ArrayRef, AsArray, BooleanArray, Int64Array, ListArray, StringBuilder,
+    UInt64Array,
+};
+use datafusion::arrow::datatypes::{DataType, Field, Int64Type, UInt64Type};
+use datafusion::common::HashMap;
+use datafusion::error::Result;
+
+use super::{Base, Direction, NextNodeOptions};
+use crate::grouped::{for_each_element, list_offsets, runs, FlatAggregate, FlatEvents};
+
+pub type NextNodeGroups = FlatAggregate<NextNodeSpec>;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Row {
+    pub ts: i64,
+    /// The interned value.
+    pub value: u32,
+    /// Bit k: event k + 1 holds.
+    pub events: u64,
+    /// Whether base_cond holds.
+    pub base: bool,
+}
+
+#[derive(Debug)]
+pub struct NextNodeSpec {
+    options: NextNodeOptions,
+    output: DataType,
+    values: Interner,
+}
+
+/// Each distinct value once, with an id.
+#[derive(Debug, Default)]
+struct Interner {
+    ids: HashMap<String, u32>,
+    texts: Vec<String>,
+}
+
+impl Interner {
+    fn id(&mut self, text: &str) -> u32 {
+        if let Some(id) = self.ids.get(text) {
+            return *id;
+        }
+        let id = u32::try_from(self.texts.len()).expect("fewer than 2^32 distinct values");
+        self.ids.insert(text.to_string(), id);
+        self.texts.push(text.to_string());
+        id
+    }
+
+    fn text(&self, id: u32) -> &str {
+        &self.texts[id as usize]
+    }
+
+    fn size(&self) -> usize {
+        self.texts.iter().map(|t| 2 * t.capacity() + 48).sum()
+    }
+}
+
+impl NextNodeSpec {
+    pub fn new(options: NextNodeOptions, output: DataType) -> Self {
+        NextNodeSpec {
+            options,
+            output,
+            values: Interner::default(),
+        }
+    }
+
+    /// The index of the answer row in one group's sorted rows.
+    fn answer(&self, rows: &[Row]) -> Option<usize> {
+        let k = self.options.events;
+        // ClickHouse needs more rows than event conditions.
+        if rows.len() <= k {
+            return None;
+        }
+        let is_first_event = |r: &Row| r.events & 1 != 0 && r.base;
+        let base = match self.options.base {
+            Base::Head => rows[0].base.then_some(0)?,
+            Base::Tail => rows[rows.len() - 1].base.then_some(rows.len() - 1)?,
+            Base::FirstMatch => rows.iter().position(is_first_event)?,
+            Base::LastMatch => rows.iter().rposition(is_first_event)?,
+        };
+        let holds = |row: usize, i: usize| rows[row].events & (1 << i) != 0;
+        match self.options.direction {
+            Direction::Forward => {
+                let chain = (0..k).all(|i| base + i < rows.len() && holds(base + i, i));
+                (chain && base + k < rows.len()).then_some(base + k)
+            }
+            // The chain's rows come before the base, never at row 0 (ClickHouse's rule).
+            Direction::Backward => {
+                let chain = (0..k).all(|i| i < base && holds(base - i, i));
+                (chain && k <= base).then(|| base - k)
+            }
+        }
+    }
+
+    fn intern_all<'a, A: ArrayAccessor<Item = &'a str>>(
+        &mut self,
+        values: A,
+        mut each: impl FnMut(usize, u32),
+    ) {
+        for row in 0..values.len() {
+            if values.is_valid(row) {
+                each(row, self.values.id(values.value(row)));
+            }
+        }
+    }
+}
+
+impl FlatEvents for NextNodeSpec {
+    type Event = Row;
+    type Key = (i64, u32, u64, bool);
+
+    fn key(r: &Row) -> Self::Key {
+        (r.ts, r.value, r.events, r.base)
+    }
+
+    fn fresh(&self) -> Self {
+        NextNodeSpec::new(self.options, self.output.clone())
+    }
+
+    fn add_rows(
+        &mut self,
+        values: &[ArrayRef],
+        filter: Option<&BooleanArray>,
+        push: &mut dyn FnMut(usize, Row),
+    ) -> Result<()> {
+        let ts = datafusion::arrow::compute::cast(&values[2], &DataType::Int64)?;
+        let ts = ts.as_primitive::<Int64Type>();
+        let holds = |a: &ArrayRef, row: usize| {
+            let b = a.as_boolean();
+            b.is_valid(row) && b.value(row)
+        };
+        let events = &values[5..];
+        let keep =
+            |row: usize| ts.is_valid(row) && filter.is_none_or(|f| f.is_valid(row) && f.value(row));
+        let mut rows: Vec<(usize, u32)> = Vec::with_capacity(ts.len());
+        let each = |row: usize, id: u32| {
+            if keep(row) {
+                rows.push((row, id));
+            }
+        };
+        match values[3].data_type() {
+            DataType::Utf8 => self.intern_all(values[3].as_string::<i32>(), each),
+            DataType::LargeUtf8 => self.intern_all(values[3].as_string::<i64>(), each),
+            _ => self.intern_all(values[3].as_string_view(), each),
+        }
+        for (row, id) in rows {
+            let mut mask = 0u64;
+            for (k, e) in events.iter().enumerate() {
+                if holds(e, row) {
+                    mask |= 1 << k;
+                }
+            }
+            push(
+                row,
+                Row {
+                    ts: ts.value(row),
+                    value: id,
+                    events: mask,
+                    base: holds(&values[4], row),
+                },
+            );
+        }
+        Ok(())
+    }
+
+    fn results(&self, entries: &[(u32, Row)], n: usize) -> Result<ArrayRef> {
+        let mut out = StringBuilder::new();
+        let mut rows: Vec<Row> = vec![];
+        for run in runs(entries, n) {
+            rows.clear();
+            rows.extend(run.iter().map(|e| e.1));
+            // Rows of equal time: in value order, then events, then base.
+            let mut start = 0;
+            while start < rows.len() {
+                let mut end = start + 1;
+                while end < rows.len() && rows[end].ts == rows[start].ts {
+                    end += 1;
+                }
+                if end - start > 1 {
+                    rows[start..end].sort_by(|a, b| {
+                        self.values
+                            .text(a.value)
+                            .cmp(self.values.text(b.value))
+                            .then(a.events.cmp(&b.events))
+                            .then(a.base.cmp(&b.base))
+                    });
+                }
+                start = end;
+            }
+            match self.answer(&rows) {
+                Some(i) => out.append_value(self.values.text(rows[i].value)),
+                None => out.append_null(),
+            }
+        }
+        let out: ArrayRef = Arc::new(out.finish());
+        Ok(datafusion::arrow::compute::cast(&out, &self.output)?)
+    }
+
+    fn state_lists(&self, entries: &[(u32, Row)], n: usize) -> Vec<ArrayRef> {
+        let ts = Int64Array::from_iter_values(entries.iter().map(|e| e.1.ts));
+        let mut values = StringBuilder::new();
+        for e in entries {
+            values.append_value(self.values.text(e.1.value));
+        }
+        let base = BooleanArray::from_iter(entries.iter().map(|e| Some(e.1.base)));
+        let events = UInt64Array::from_iter_values(entries.iter().map(|e| e.1.events));
+        let offsets = list_offsets(entries, n);
+        let list = |values: ArrayRef| -> ArrayRef {
+            let field = Arc::new(Field::new_list_field(values.data_type().clone(), true));
+            Arc::new(ListArray::new(field, offsets.clone(), values, None))
+        };
+        vec![
+            list(Arc::new(ts)),
+            list(Arc::new(values.finish())),
+            list(Arc::new(base)),
+            list(Arc::new(events)),
+        ]
+    }
+
+    fn merge_lists(&mut self, states: &[ArrayRef], push: &mut dyn FnMut(usize, Row)) -> Result<()> {
+        let ts = states[0].as_list::<i32>();
+        let ts_values = ts.values().as_primitive::<Int64Type>();
+        let values = states[1]
+            .as_list::<i32>()
+            .values()
+            .as_string::<i32>()
+            .clone();
+        let base = states[2].as_list::<i32>().values().as_boolean().clone();
+        let events = states[3]
+            .as_list::<i32>()
+            .values()
+            .as_primitive::<UInt64Type>()
+            .clone();
+        let interner = &mut self.values;
+        for_each_element(ts, |row, j| {
+            push(
+                row,
+                Row {
+                    ts: ts_values.value(j),
+                    value: interner.id(values.value(j)),
+                    events: events.value(j),
+                    base: base.value(j),
+                },
+            )
+        });
+        Ok(())
+    }
+
+    fn extra_size(&self) -> usize {
+        self.values.size()
+    }
+}
