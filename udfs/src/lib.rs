@@ -8,9 +8,11 @@ pub mod attribution;
 pub mod cohort_retention;
 pub mod funnel;
 mod grouped;
+mod intern;
 pub mod lifecycle;
 pub mod local_period;
 pub mod markov_attribution;
+pub mod path_edges;
 pub mod periods;
 pub mod retention;
 pub mod sequence_match;
@@ -44,6 +46,7 @@ pub fn aggregate_functions() -> Vec<Arc<AggregateUDF>> {
         sequence_match::sequence_match_udaf(),
         sequence_match::sequence_count_udaf(),
         sequence_next_node::sequence_next_node_udaf(),
+        path_edges::path_edges_udaf(),
     ]
 }
 

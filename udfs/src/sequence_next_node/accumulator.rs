@@ -15,11 +15,11 @@ use datafusion::arrow::array::{
     UInt64Array,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Int64Type, UInt64Type};
-use datafusion::common::HashMap;
 use datafusion::error::Result;
 
 use super::{Base, Direction, NextNodeOptions};
 use crate::grouped::{for_each_element, list_offsets, runs, FlatAggregate, FlatEvents};
+use crate::intern::{order_ties, Interner};
 
 pub type NextNodeGroups = FlatAggregate<NextNodeSpec>;
 
@@ -39,33 +39,6 @@ pub struct NextNodeSpec {
     options: NextNodeOptions,
     output: DataType,
     values: Interner,
-}
-
-/// Each distinct value once, with an id.
-#[derive(Debug, Default)]
-struct Interner {
-    ids: HashMap<String, u32>,
-    texts: Vec<String>,
-}
-
-impl Interner {
-    fn id(&mut self, text: &str) -> u32 {
-        if let Some(id) = self.ids.get(text) {
-            return *id;
-        }
-        let id = u32::try_from(self.texts.len()).expect("fewer than 2^32 distinct values");
-        self.ids.insert(text.to_string(), id);
-        self.texts.push(text.to_string());
-        id
-    }
-
-    fn text(&self, id: u32) -> &str {
-        &self.texts[id as usize]
-    }
-
-    fn size(&self) -> usize {
-        self.texts.iter().map(|t| 2 * t.capacity() + 48).sum()
-    }
 }
 
 impl NextNodeSpec {
@@ -183,23 +156,17 @@ impl FlatEvents for NextNodeSpec {
             rows.clear();
             rows.extend(run.iter().map(|e| e.1));
             // Rows of equal time: in value order, then events, then base.
-            let mut start = 0;
-            while start < rows.len() {
-                let mut end = start + 1;
-                while end < rows.len() && rows[end].ts == rows[start].ts {
-                    end += 1;
-                }
-                if end - start > 1 {
-                    rows[start..end].sort_by(|a, b| {
-                        self.values
-                            .text(a.value)
-                            .cmp(self.values.text(b.value))
-                            .then(a.events.cmp(&b.events))
-                            .then(a.base.cmp(&b.base))
-                    });
-                }
-                start = end;
-            }
+            order_ties(
+                &mut rows,
+                |r| r.ts,
+                |a, b| {
+                    self.values
+                        .text(a.value)
+                        .cmp(self.values.text(b.value))
+                        .then(a.events.cmp(&b.events))
+                        .then(a.base.cmp(&b.base))
+                },
+            );
             match self.answer(&rows) {
                 Some(i) => out.append_value(self.values.text(rows[i].value)),
                 None => out.append_null(),
