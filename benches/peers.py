@@ -43,6 +43,15 @@ def day_range(d):
 ATTRIBUTION = {"attribution_last": "last_touch", "attribution_linear": "linear"}
 LOOKBACK_DAYS = 7
 
+# Sequence workloads: (function, pattern) with cond1 = view_item, cond2 = purchase. The
+# pattern's time is in seconds for tidepool's timestamp; ClickHouse gets microseconds.
+SEQUENCES = {
+    "sequence_match_hour": ("match", "(?1)(?t<=3600)(?2)"),
+    "sequence_match_any": ("match", "(?1).*(?2)"),
+    "sequence_count": ("count", "(?1).*(?2)"),
+}
+SEQUENCE_CONDS = "event_name = 'view_item', event_name = 'purchase'"
+
 # (people, events, days) per size name.
 SIZES = {
     "1m": (50_000, 1_000_000, 30),
@@ -79,6 +88,13 @@ def tidepool_sql(workload):
             # drops them too.
             f"WHERE channel IS NOT NULL OR event_name = 'purchase' GROUP BY {PERSON}) GROUP BY 1 ORDER BY 1"
         )
+    if workload in SEQUENCES:
+        kind, pattern = SEQUENCES[workload]
+        if kind == "match":
+            return (f"SELECT count(*) AS people FROM (SELECT sequence_match('{pattern}', event_time, "
+                    f"{SEQUENCE_CONDS}) AS m FROM ev GROUP BY {PERSON}) WHERE m")
+        return (f"SELECT sum(c) AS matches, count(*) FILTER (WHERE c > 0) AS people FROM ("
+                f"SELECT sequence_count('{pattern}', event_time, {SEQUENCE_CONDS}) AS c FROM ev GROUP BY {PERSON})")
     if workload == "window_funnel":
         return (
             "SELECT level, count(*) AS people FROM ("
@@ -137,6 +153,16 @@ SELECT channel, round(sum(share), 3) AS conversions, round(sum(share * v)) AS va
     {pick}, 1 / length(chans) AS share
   FROM per ARRAY JOIN cts AS t, cvs AS v)
 ARRAY JOIN chans AS channel GROUP BY channel ORDER BY channel"""
+    if workload in SEQUENCES:
+        kind, pattern = SEQUENCES[workload]
+        # Microseconds as UInt64 keep the exact times; the pattern's seconds follow.
+        pattern = pattern.replace("3600)", "3600000000)")
+        ts = "toUInt64(toUnixTimestamp64Micro(event_time))"
+        if kind == "match":
+            return (f"SELECT countIf(m) AS people FROM (SELECT sequenceMatch('{pattern}')({ts}, "
+                    f"{SEQUENCE_CONDS}) AS m FROM {source} GROUP BY {PERSON})")
+        return (f"SELECT sum(c) AS matches, countIf(c > 0) AS people FROM ("
+                f"SELECT sequenceCount('{pattern}')({ts}, {SEQUENCE_CONDS}) AS c FROM {source} GROUP BY {PERSON})")
     if workload == "window_funnel":
         # Microseconds as UInt64 keep the exact times (DateTime would truncate to seconds).
         return (
@@ -185,6 +211,32 @@ SELECT channel, round(sum(conversions), 3) AS conversions, round(sum(value)) AS 
   UNION ALL
   SELECT '(none)', 1.0, v FROM conv WHERE id NOT IN (SELECT id FROM pairs))
 GROUP BY 1 ORDER BY 1"""
+    if workload in SEQUENCES:
+        # Hand-written SQL with the same answers. Rows at the same time: views first, as
+        # tidepool orders them (cond1 before cond2).
+        e = (f"e AS (SELECT {PERSON} AS p, event_time AS t, event_name = 'purchase' AS buy FROM {source} "
+             "WHERE event_name IN ('view_item', 'purchase'))")
+        if workload == "sequence_match_hour":
+            # Some purchase whose latest view at or before it is within the hour.
+            return f"""
+WITH {e}, v AS (SELECT p, t FROM e WHERE NOT buy), b AS (SELECT p, t FROM e WHERE buy)
+SELECT count(DISTINCT b.p) AS people FROM b ASOF JOIN v ON b.p = v.p AND b.t >= v.t
+WHERE b.t <= v.t + INTERVAL 1 HOUR"""
+        if workload == "sequence_match_any":
+            return f"""
+WITH {e}
+SELECT count(*) AS people FROM (SELECT p, min(t) FILTER (WHERE NOT buy) AS v, max(t) FILTER (WHERE buy) AS b
+                                FROM e GROUP BY p) WHERE v <= b"""
+        # Non-overlapping view ... purchase matches: a purchase completes one when a view
+        # came after the previous purchase.
+        return f"""
+WITH {e},
+w AS (SELECT p, buy,
+        max(CASE WHEN NOT buy THEN t END) OVER (PARTITION BY p ORDER BY t, buy ROWS UNBOUNDED PRECEDING) AS last_view,
+        max(CASE WHEN buy THEN t END) OVER (PARTITION BY p ORDER BY t, buy ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS prev_buy
+      FROM e),
+m AS (SELECT p FROM w WHERE buy AND last_view IS NOT NULL AND (prev_buy IS NULL OR last_view > prev_buy))
+SELECT count(*) AS matches, count(DISTINCT p) AS people FROM m"""
     if workload == "window_funnel":
         # The usual hand-written funnel: from each person's first view, the first of each
         # next step after the previous one and within a day of the view. Not the same
@@ -328,20 +380,34 @@ def report(workload, results, runs, cmdline):
         "| data | layout | tidepool s | chDB s | DuckDB s | tidepool/chDB | tidepool/DuckDB | tidepool MiB | chDB MiB | DuckDB MiB | answers |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    failures = []
     for (size, layout), r in results.items():
         t, c, d = r["tidepool"], r["chdb"], r["duckdb"]
-        agree = "tidepool = chDB" if t["answer"] == c["answer"] else "**tidepool ≠ chDB**"
-        if d["answer"] == t["answer"]:
+        for name, v in [("tidepool", t), ("chDB", c), ("DuckDB", d)]:
+            if "error" in v:
+                failures.append(f"- {name}, {size} {layout}: `{v['error']}`")
+
+        def cell(v, key, fmt):
+            return "failed" if "error" in v else format(v[key], fmt)
+
+        def ratio(a, b):
+            return "–" if "error" in a or "error" in b else f"{a['median'] / b['median']:.2f}"
+
+        agree = "tidepool = chDB" if t.get("answer") == c.get("answer") else (
+            "chDB failed" if "error" in c else "**tidepool ≠ chDB**")
+        if d.get("answer") == t.get("answer"):
             agree += ", = DuckDB"
         lines.append(
-            f"| {size} | {layout} | {t['median']:.3f} | {c['median']:.3f} | {d['median']:.3f} | "
-            f"{t['median'] / c['median']:.2f} | {t['median'] / d['median']:.2f} | "
-            f"{t['rss_mib']:.0f} | {c['rss_mib']:.0f} | {d['rss_mib']:.0f} | {agree} |"
+            f"| {size} | {layout} | {cell(t, 'median', '.3f')} | {cell(c, 'median', '.3f')} | {cell(d, 'median', '.3f')} | "
+            f"{ratio(t, c)} | {ratio(t, d)} | "
+            f"{cell(t, 'rss_mib', '.0f')} | {cell(c, 'rss_mib', '.0f')} | {cell(d, 'rss_mib', '.0f')} | {agree} |"
         )
+    if failures:
+        lines += ["", "Failures:", ""] + failures
     first = next(iter(results.values()))
-    lines += ["", "Answers (tidepool, first dataset):", "", "```", first["tidepool"]["answer"], "```"]
-    if first["duckdb"]["answer"] != first["tidepool"]["answer"]:
-        lines += ["", "DuckDB (plain SQL from each person's first view; not windowFunnel's semantics):", "",
+    lines += ["", "Answers (tidepool, first dataset):", "", "```", first["tidepool"].get("answer", "failed"), "```"]
+    if first["duckdb"].get("answer") not in (None, first["tidepool"].get("answer")):
+        lines += ["", "DuckDB's answers, which differ (benches/README.md says why):", "",
                   "```", first["duckdb"]["answer"], "```"]
     lines += ["", "Queries:", ""]
     for engine, sql in [("tidepool", tidepool_sql(workload)), ("chDB", clickhouse_sql(workload, "PATH")),
@@ -354,7 +420,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="10m,40m")
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--workloads", default="scan,window_funnel,retention7,retention_matrix,attribution_last,attribution_linear")
+    parser.add_argument("--workloads", default="scan,window_funnel,retention7,retention_matrix,attribution_last,attribution_linear,"
+                        "sequence_match_hour,sequence_match_any,sequence_count")
     parser.add_argument("--work", default=str(Path.home() / ".cache" / "tidepool" / "bench"))
     parser.add_argument("--tidepool", default=str(Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target")) / "release" / "tidepool"))
     parser.add_argument("--child")
@@ -372,13 +439,18 @@ def main():
         results = {}
         for size, files in datasets.items():
             for layout, path in files.items():
-                results[(size, layout)] = {
-                    engine: run_engine(engine, workload, path, args.runs, args.tidepool, work)
-                    for engine in ["tidepool", "chdb", "duckdb"]
-                }
-                r = results[(size, layout)]
+                r = results[(size, layout)] = {}
+                for engine in ["tidepool", "chdb", "duckdb"]:
+                    try:
+                        r[engine] = run_engine(engine, workload, path, args.runs, args.tidepool, work)
+                    except RuntimeError as e:
+                        # An engine that fails (e.g. ClickHouse's sequence iteration limit)
+                        # is reported as failed, with its error, not dropped.
+                        lines = [l for l in str(e).splitlines()[1:] if l.strip()]
+                        r[engine] = {"error": (lines[-1] if lines else str(e))[:300]}
                 print(f"{workload} {size} {layout}: " + ", ".join(
-                    f"{e} {v['median']:.3f}s {v['rss_mib']:.0f}MiB" for e, v in r.items()), flush=True)
+                    f"{e} failed" if "error" in v else f"{e} {v['median']:.3f}s {v['rss_mib']:.0f}MiB"
+                    for e, v in r.items()), flush=True)
         out = REPO / "benches" / "results" / f"{workload}.md"
         out.write_text(report(workload, results, args.runs, cmdline) + "\n")
         print(f"wrote {out}")

@@ -84,6 +84,9 @@ fn bench(c: &mut Criterion) {
     for f in tidepool_udfs::scalar_functions() {
         ctx.register_udf(f.as_ref().clone());
     }
+    for f in tidepool_udfs::window_functions() {
+        ctx.register_udwf(f.as_ref().clone());
+    }
     let batch = events();
     let table = MemTable::try_new(batch.schema(), vec![batch.chunks_exact_rows()]).expect("table");
     ctx.register_table("ev", Arc::new(table))
@@ -101,6 +104,12 @@ fn bench(c: &mut Criterion) {
         ("attribution_linear", "SELECT attribution(INTERVAL '7 days', 'model=linear', ts, channel, event_name = 'purchase', NULL) FROM ev GROUP BY person".to_string()),
         ("markov_attribution", "SELECT markov_attribution('order=1', path, n, NULL) FROM (SELECT array_agg(channel) FILTER (WHERE channel IS NOT NULL) AS path, count(*) FILTER (WHERE event_name = 'purchase') AS n FROM ev GROUP BY person)".to_string()),
         ("shapley_attribution", "SELECT shapley_attribution('', path, n, NULL) FROM (SELECT array_agg(channel) FILTER (WHERE channel IS NOT NULL) AS path, count(*) FILTER (WHERE event_name = 'purchase') AS n FROM ev GROUP BY person)".to_string()),
+        ("sequence_match_within_hour", "SELECT sequence_match('(?1)(?t<=3600)(?2)', ts, event_name = 'view_item', event_name = 'purchase') FROM ev GROUP BY person".to_string()),
+        ("sequence_match_any_gap", "SELECT sequence_match('(?1).*(?2)', ts, event_name = 'view_item', event_name = 'purchase') FROM ev GROUP BY person".to_string()),
+        ("sequence_count", "SELECT sequence_count('(?1).*(?2)', ts, event_name = 'view_item', event_name = 'purchase') FROM ev GROUP BY person".to_string()),
+        ("sequence_next_node", "SELECT sequence_next_node('forward', 'first_match', ts, event_name, true, event_name = 'add_to_cart') FROM ev GROUP BY person".to_string()),
+        ("path_edges", "SELECT path_edges('start=view_item; max_steps=5; collapse=true', ts, event_name) FROM ev GROUP BY person".to_string()),
+        ("sessionize", "SELECT max(s) FROM (SELECT sessionize(ts) OVER (PARTITION BY person ORDER BY ts) AS s FROM ev)".to_string()),
         ("local_period", "SELECT count(DISTINCT local_period(ts, 'week', 'Asia/Shanghai')) FROM ev".to_string()),
         ("baseline_count", "SELECT count(*) FROM ev GROUP BY person".to_string()),
     ];
