@@ -582,6 +582,18 @@ def summary():
         x_scan = f"{t['median'] / base:.1f}" if base and "median" in t else "–"
         lines.append(f"| [{workload}](results/{workload}.md) | {e['size']} | {e['layout']} | {cell(t, 'median', '.3f')} | "
                      f"{ratio(t, e['chdb'])} | {ratio(t, e['duckdb'])} | {x_scan} | {cell(t, 'rss_mib', '.0f')} | {agreement(e)} |")
+    # The workloads furthest from the raw scan of the same data (the README says why).
+    far = sorted(((e["tidepool"]["median"] / scan[(e["size"], e["layout"])], w, e) for w, e in rows
+                  if w != "scan" and e["size"] != "real" and "median" in e["tidepool"]
+                  and scan.get((e["size"], e["layout"]))), key=lambda x: -x[0])
+    if far:
+        lines += ["", "## Furthest from the raw-scan baseline", "",
+                  "tidepool's time over its own raw scan of the same file, the five largest (why: "
+                  "[benches/README.md](README.md#furthest-from-the-raw-scan-baseline-10m-events-2026-11-23)):", ""]
+        lines += [f"- {w}, {e['size']} {e['layout']}: {x:.1f}× scan" for x, w, e in far[:5]]
+    commands = sorted({(e["command"], e["date"]) for _, e in rows})
+    lines += ["", "## Commands", "", "The runs these numbers come from:", ""]
+    lines += [f"- `{c}` ({d})" for c, d in commands]
     (REPO / "benches" / "RESULTS.md").write_text("\n".join(lines) + "\n")
     (REPO / "benches" / "results" / "ratios.svg").write_text(chart(rows))
 
