@@ -38,6 +38,22 @@ pub fn string_literal(function: &str, expr: &Arc<dyn PhysicalExpr>, what: &str) 
     }
 }
 
+/// Whether `t` is a plain string type.
+pub fn is_string(t: &DataType) -> bool {
+    matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View)
+}
+
+/// The type a string-like argument is read as: plain strings as they are,
+/// dictionary-encoded strings as their values, NULL as Utf8; None for other types.
+pub fn string_column_type(t: &DataType) -> Option<DataType> {
+    match t {
+        t if is_string(t) => Some(t.clone()),
+        DataType::Dictionary(_, v) if is_string(v) => Some(v.as_ref().clone()),
+        DataType::Null => Some(DataType::Utf8),
+        _ => None,
+    }
+}
+
 /// Condition arguments from index `first` on must be booleans (NULL literals become
 /// booleans); returns the coerced types.
 pub fn coerce_conditions(

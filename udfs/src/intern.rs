@@ -1,7 +1,26 @@
 //! Strings kept once per accumulator with a u32 id each, so that a flat event buffer
 //! holds ids instead of strings; and the tie rule the path functions share.
 
+use datafusion::arrow::array::{Array, ArrayAccessor, ArrayRef, AsArray};
+use datafusion::arrow::datatypes::DataType;
 use datafusion::common::HashMap;
+
+/// Call `f(row, text)` for every non-null value of a Utf8, LargeUtf8 or Utf8View array.
+pub fn for_each_str(array: &ArrayRef, mut f: impl FnMut(usize, &str)) {
+    fn each<'a, A: ArrayAccessor<Item = &'a str>>(values: A, f: &mut impl FnMut(usize, &str)) {
+        for row in 0..values.len() {
+            if values.is_valid(row) {
+                f(row, values.value(row));
+            }
+        }
+    }
+    match array.data_type() {
+        DataType::Utf8 => each(array.as_string::<i32>(), &mut f),
+        DataType::LargeUtf8 => each(array.as_string::<i64>(), &mut f),
+        DataType::Utf8View => each(array.as_string_view(), &mut f),
+        other => unreachable!("a string column, not {other} (coerce_types reads them as strings)"),
+    }
+}
 
 #[derive(Debug, Default)]
 pub struct Interner {

@@ -92,13 +92,6 @@ impl Attribution {
     }
 }
 
-fn is_text(t: &DataType) -> bool {
-    matches!(
-        t,
-        DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8 | DataType::Null
-    ) || matches!(t, DataType::Dictionary(_, v) if is_text(v))
-}
-
 impl AggregateUDFImpl for Attribution {
     fn name(&self) -> &str {
         NAME
@@ -137,7 +130,7 @@ impl AggregateUDFImpl for Attribution {
                 "argument 3 (ts) must be a timestamp or an integer, got {ts}"
             )));
         }
-        if !is_text(&types[ARG_CHANNEL]) {
+        if crate::args::string_column_type(&types[ARG_CHANNEL]).is_none() {
             return Err(plan_err(format!(
                 "argument 4 (channel) must be a string (NULL on rows that are not touches), got {}",
                 types[ARG_CHANNEL]

@@ -10,8 +10,8 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, ArrayAccessor, ArrayRef, AsArray, BooleanArray, Int32Array, Int64Array, ListArray,
-    StringArray, StringBuilder, StructArray,
+    Array, ArrayRef, AsArray, BooleanArray, Int32Array, Int64Array, ListArray, StringArray,
+    StringBuilder, StructArray,
 };
 use datafusion::arrow::buffer::OffsetBuffer;
 use datafusion::arrow::datatypes::{DataType, Field, Int64Type};
@@ -21,7 +21,7 @@ use datafusion::error::Result;
 use super::options::PathOptions;
 use super::path::{edges, Anchor, Edge};
 use crate::grouped::{for_each_element, list_offsets, runs, FlatAggregate, FlatEvents};
-use crate::intern::{order_ties, Interner};
+use crate::intern::{for_each_str, order_ties, Interner};
 
 pub type PathGroups = FlatAggregate<PathSpec>;
 
@@ -67,18 +67,6 @@ impl PathSpec {
         id
     }
 
-    fn read_names<'a, A: ArrayAccessor<Item = &'a str>>(
-        &mut self,
-        names: A,
-        mut each: impl FnMut(usize, u32),
-    ) {
-        for row in 0..names.len() {
-            if names.is_valid(row) {
-                each(row, self.clean_id(names.value(row)));
-            }
-        }
-    }
-
     /// The id of an anchor event of the options, if some row has had it.
     fn anchor(&self, name: &Option<String>) -> Anchor {
         match name {
@@ -113,8 +101,9 @@ impl FlatEvents for PathSpec {
         let ts = ts.as_primitive::<Int64Type>();
         let keep =
             |row: usize| ts.is_valid(row) && filter.is_none_or(|f| f.is_valid(row) && f.value(row));
-        let each = |row: usize, event: u32| {
+        for_each_str(&values[2], |row, name| {
             if keep(row) {
+                let event = self.clean_id(name);
                 push(
                     row,
                     Row {
@@ -123,12 +112,7 @@ impl FlatEvents for PathSpec {
                     },
                 );
             }
-        };
-        match values[2].data_type() {
-            DataType::Utf8 => self.read_names(values[2].as_string::<i32>(), each),
-            DataType::LargeUtf8 => self.read_names(values[2].as_string::<i64>(), each),
-            _ => self.read_names(values[2].as_string_view(), each),
-        }
+        });
         Ok(())
     }
 

@@ -23,7 +23,7 @@ use datafusion::logical_expr::{
 };
 use datafusion::scalar::ScalarValue;
 
-use crate::args::{duration_in_ts_units, string_literal};
+use crate::args::{duration_in_ts_units, is_string, string_column_type, string_literal};
 use crate::grouped::SingleGroup;
 use accumulator::{PathGroups, PathSpec};
 use options::PathOptions;
@@ -85,10 +85,6 @@ impl PathEdges {
     }
 }
 
-fn is_string(t: &DataType) -> bool {
-    matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View)
-}
-
 impl AggregateUDFImpl for PathEdges {
     fn name(&self) -> &str {
         NAME
@@ -117,15 +113,12 @@ impl AggregateUDFImpl for PathEdges {
                 types[1]
             )));
         }
-        let event = match &types[2] {
-            t if is_string(t) => t.clone(),
-            DataType::Dictionary(_, v) if is_string(v) => v.as_ref().clone(),
-            other => {
-                return Err(plan_err(format!(
-                    "argument 3 (event) must be a string, got {other}"
-                )))
-            }
-        };
+        let event = string_column_type(&types[2]).ok_or_else(|| {
+            plan_err(format!(
+                "argument 3 (event) must be a string, got {}",
+                types[2]
+            ))
+        })?;
         Ok(vec![types[0].clone(), types[1].clone(), event])
     }
 

@@ -11,15 +11,14 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, ArrayAccessor, ArrayRef, AsArray, BooleanArray, Int64Array, ListArray, StringBuilder,
-    UInt64Array,
+    Array, ArrayRef, AsArray, BooleanArray, Int64Array, ListArray, StringBuilder, UInt64Array,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Int64Type, UInt64Type};
 use datafusion::error::Result;
 
 use super::{Base, Direction, NextNodeOptions};
 use crate::grouped::{for_each_element, list_offsets, runs, FlatAggregate, FlatEvents};
-use crate::intern::{order_ties, Interner};
+use crate::intern::{for_each_str, order_ties, Interner};
 
 pub type NextNodeGroups = FlatAggregate<NextNodeSpec>;
 
@@ -77,18 +76,6 @@ impl NextNodeSpec {
             }
         }
     }
-
-    fn intern_all<'a, A: ArrayAccessor<Item = &'a str>>(
-        &mut self,
-        values: A,
-        mut each: impl FnMut(usize, u32),
-    ) {
-        for row in 0..values.len() {
-            if values.is_valid(row) {
-                each(row, self.values.id(values.value(row)));
-            }
-        }
-    }
 }
 
 impl FlatEvents for NextNodeSpec {
@@ -111,24 +98,19 @@ impl FlatEvents for NextNodeSpec {
     ) -> Result<()> {
         let ts = datafusion::arrow::compute::cast(&values[2], &DataType::Int64)?;
         let ts = ts.as_primitive::<Int64Type>();
-        let holds = |a: &ArrayRef, row: usize| {
-            let b = a.as_boolean();
-            b.is_valid(row) && b.value(row)
-        };
-        let events = &values[5..];
+        // NULL conditions count as false.
+        let holds = |b: &BooleanArray, row: usize| b.is_valid(row) && b.value(row);
+        let base = values[4].as_boolean();
+        let events: Vec<&BooleanArray> = values[5..].iter().map(|e| e.as_boolean()).collect();
         let keep =
             |row: usize| ts.is_valid(row) && filter.is_none_or(|f| f.is_valid(row) && f.value(row));
         let mut rows: Vec<(usize, u32)> = Vec::with_capacity(ts.len());
-        let each = |row: usize, id: u32| {
+        let interner = &mut self.values;
+        for_each_str(&values[3], |row, text| {
             if keep(row) {
-                rows.push((row, id));
+                rows.push((row, interner.id(text)));
             }
-        };
-        match values[3].data_type() {
-            DataType::Utf8 => self.intern_all(values[3].as_string::<i32>(), each),
-            DataType::LargeUtf8 => self.intern_all(values[3].as_string::<i64>(), each),
-            _ => self.intern_all(values[3].as_string_view(), each),
-        }
+        });
         for (row, id) in rows {
             let mut mask = 0u64;
             for (k, e) in events.iter().enumerate() {
@@ -142,7 +124,7 @@ impl FlatEvents for NextNodeSpec {
                     ts: ts.value(row),
                     value: id,
                     events: mask,
-                    base: holds(&values[4], row),
+                    base: holds(base, row),
                 },
             );
         }

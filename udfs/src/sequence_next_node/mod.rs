@@ -23,7 +23,7 @@ use datafusion::logical_expr::{
 };
 use datafusion::scalar::ScalarValue;
 
-use crate::args::{coerce_conditions, string_literal};
+use crate::args::{coerce_conditions, is_string, string_column_type, string_literal};
 use crate::grouped::SingleGroup;
 use accumulator::{NextNodeGroups, NextNodeSpec};
 
@@ -144,10 +144,6 @@ impl SequenceNextNode {
     }
 }
 
-fn is_string(t: &DataType) -> bool {
-    matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View)
-}
-
 impl AggregateUDFImpl for SequenceNextNode {
     fn name(&self) -> &str {
         NAME
@@ -187,16 +183,12 @@ impl AggregateUDFImpl for SequenceNextNode {
         }
         let mut out = types.to_vec();
         // Any string-like column: dictionary-encoded strings are read as their values.
-        out[3] = match &types[3] {
-            t if is_string(t) => t.clone(),
-            DataType::Dictionary(_, v) if is_string(v) => v.as_ref().clone(),
-            DataType::Null => DataType::Utf8,
-            other => {
-                return Err(plan_err(format!(
-                    "argument 4 (event_column) must be a string, got {other}"
-                )))
-            }
-        };
+        out[3] = string_column_type(&types[3]).ok_or_else(|| {
+            plan_err(format!(
+                "argument 4 (event_column) must be a string, got {}",
+                types[3]
+            ))
+        })?;
         match &types[4] {
             DataType::Boolean => {}
             DataType::Null => out[4] = DataType::Boolean,
