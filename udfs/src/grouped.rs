@@ -112,6 +112,22 @@ pub fn runs<T>(entries: &[(u32, T)], n: usize) -> impl Iterator<Item = &[(u32, T
     })
 }
 
+/// The state columns of sorted `entries` (one value per entry each) as list arrays with
+/// one list per group 0..n: a flat aggregate's partial state.
+pub fn group_lists<T>(entries: &[(u32, T)], n: usize, columns: Vec<ArrayRef>) -> Vec<ArrayRef> {
+    use datafusion::arrow::array::ListArray;
+    use datafusion::arrow::datatypes::Field;
+    let offsets = list_offsets(entries, n);
+    columns
+        .into_iter()
+        .map(|values| {
+            let field =
+                std::sync::Arc::new(Field::new_list_field(values.data_type().clone(), true));
+            std::sync::Arc::new(ListArray::new(field, offsets.clone(), values, None)) as ArrayRef
+        })
+        .collect()
+}
+
 /// List offsets for groups 0..n of sorted `entries`.
 pub fn list_offsets<T>(entries: &[(u32, T)], n: usize) -> OffsetBuffer<i32> {
     OffsetBuffer::from_lengths(runs(entries, n).map(|r| r.len()))

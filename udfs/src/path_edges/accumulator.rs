@@ -14,13 +14,13 @@ use datafusion::arrow::array::{
     StringBuilder, StructArray,
 };
 use datafusion::arrow::buffer::OffsetBuffer;
-use datafusion::arrow::datatypes::{DataType, Field, Int64Type};
+use datafusion::arrow::datatypes::{DataType, Int64Type};
 use datafusion::common::HashMap;
 use datafusion::error::Result;
 
 use super::options::PathOptions;
 use super::path::{edges, Anchor, Edge};
-use crate::grouped::{for_each_element, list_offsets, runs, FlatAggregate, FlatEvents};
+use crate::grouped::{for_each_element, group_lists, runs, FlatAggregate, FlatEvents};
 use crate::intern::{for_each_str, order_ties, Interner};
 
 pub type PathGroups = FlatAggregate<PathSpec>;
@@ -165,12 +165,7 @@ impl FlatEvents for PathSpec {
         for e in entries {
             events.append_value(self.events.text(e.1.event));
         }
-        let offsets = list_offsets(entries, n);
-        let list = |values: ArrayRef| -> ArrayRef {
-            let field = Arc::new(Field::new_list_field(values.data_type().clone(), true));
-            Arc::new(ListArray::new(field, offsets.clone(), values, None))
-        };
-        vec![list(Arc::new(ts)), list(Arc::new(events.finish()))]
+        group_lists(entries, n, vec![Arc::new(ts), Arc::new(events.finish())])
     }
 
     fn merge_lists(&mut self, states: &[ArrayRef], push: &mut dyn FnMut(usize, Row)) -> Result<()> {

@@ -12,15 +12,14 @@ use std::cmp::Reverse;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, BooleanBufferBuilder, Int64Array, ListArray,
-    UInt64Array,
+    Array, ArrayRef, AsArray, BooleanArray, BooleanBufferBuilder, Int64Array, UInt64Array,
 };
-use datafusion::arrow::datatypes::{DataType, Field, Int64Type, UInt64Type};
+use datafusion::arrow::datatypes::{DataType, Int64Type, UInt64Type};
 use datafusion::error::Result;
 
 use super::matcher::{Matcher, Scratch};
 use super::Answer;
-use crate::grouped::{for_each_element, list_offsets, runs, FlatAggregate, FlatEvents};
+use crate::grouped::{for_each_element, group_lists, runs, FlatAggregate, FlatEvents};
 
 pub type SequenceGroups = FlatAggregate<SequenceSpec>;
 
@@ -120,12 +119,7 @@ impl FlatEvents for SequenceSpec {
     fn state_lists(&self, entries: &[(u32, Row)], n: usize) -> Vec<ArrayRef> {
         let ts = Int64Array::from_iter_values(entries.iter().map(|e| e.1.ts));
         let conditions = UInt64Array::from_iter_values(entries.iter().map(|e| e.1.conditions));
-        let offsets = list_offsets(entries, n);
-        let list = |values: ArrayRef| -> ArrayRef {
-            let field = Arc::new(Field::new_list_field(values.data_type().clone(), true));
-            Arc::new(ListArray::new(field, offsets.clone(), values, None))
-        };
-        vec![list(Arc::new(ts)), list(Arc::new(conditions))]
+        group_lists(entries, n, vec![Arc::new(ts), Arc::new(conditions)])
     }
 
     fn merge_lists(&mut self, states: &[ArrayRef], push: &mut dyn FnMut(usize, Row)) -> Result<()> {

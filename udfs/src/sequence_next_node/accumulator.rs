@@ -11,13 +11,13 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, Int64Array, ListArray, StringBuilder, UInt64Array,
+    Array, ArrayRef, AsArray, BooleanArray, Int64Array, StringBuilder, UInt64Array,
 };
-use datafusion::arrow::datatypes::{DataType, Field, Int64Type, UInt64Type};
+use datafusion::arrow::datatypes::{DataType, Int64Type, UInt64Type};
 use datafusion::error::Result;
 
 use super::{Base, Direction, NextNodeOptions};
-use crate::grouped::{for_each_element, list_offsets, runs, FlatAggregate, FlatEvents};
+use crate::grouped::{for_each_element, group_lists, runs, FlatAggregate, FlatEvents};
 use crate::intern::{for_each_str, order_ties, Interner};
 
 pub type NextNodeGroups = FlatAggregate<NextNodeSpec>;
@@ -166,17 +166,16 @@ impl FlatEvents for NextNodeSpec {
         }
         let base = BooleanArray::from_iter(entries.iter().map(|e| Some(e.1.base)));
         let events = UInt64Array::from_iter_values(entries.iter().map(|e| e.1.events));
-        let offsets = list_offsets(entries, n);
-        let list = |values: ArrayRef| -> ArrayRef {
-            let field = Arc::new(Field::new_list_field(values.data_type().clone(), true));
-            Arc::new(ListArray::new(field, offsets.clone(), values, None))
-        };
-        vec![
-            list(Arc::new(ts)),
-            list(Arc::new(values.finish())),
-            list(Arc::new(base)),
-            list(Arc::new(events)),
-        ]
+        group_lists(
+            entries,
+            n,
+            vec![
+                Arc::new(ts),
+                Arc::new(values.finish()),
+                Arc::new(base),
+                Arc::new(events),
+            ],
+        )
     }
 
     fn merge_lists(&mut self, states: &[ArrayRef], push: &mut dyn FnMut(usize, Row)) -> Result<()> {

@@ -9,14 +9,14 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, Int64Array, ListArray, UInt64Array, UInt8Array,
+    Array, ArrayRef, AsArray, BooleanArray, Int64Array, UInt64Array, UInt8Array,
 };
-use datafusion::arrow::datatypes::{DataType, Field, Int64Type, UInt64Type, UInt8Type};
+use datafusion::arrow::datatypes::{DataType, Int64Type, UInt64Type, UInt8Type};
 use datafusion::error::Result;
 
 use super::level::{funnel_level, Event};
 use super::options::FunnelOptions;
-use crate::grouped::{for_each_element, list_offsets, runs, FlatAggregate, FlatEvents};
+use crate::grouped::{for_each_element, group_lists, runs, FlatAggregate, FlatEvents};
 
 pub type FunnelGroups = FlatAggregate<FunnelSpec>;
 
@@ -162,16 +162,11 @@ impl FlatEvents for FunnelSpec {
         let ts = Int64Array::from_iter_values(entries.iter().map(|e| e.1.ts));
         let step = UInt8Array::from_iter_values(entries.iter().map(|e| e.1.step));
         let row = UInt64Array::from_iter_values(entries.iter().map(|e| e.1.row));
-        let offsets = list_offsets(entries, n);
-        let list = |values: ArrayRef| -> ArrayRef {
-            let field = Arc::new(Field::new_list_field(values.data_type().clone(), true));
-            Arc::new(ListArray::new(field, offsets.clone(), values, None))
-        };
-        vec![
-            list(Arc::new(ts)),
-            list(Arc::new(step)),
-            list(Arc::new(row)),
-        ]
+        group_lists(
+            entries,
+            n,
+            vec![Arc::new(ts), Arc::new(step), Arc::new(row)],
+        )
     }
 
     fn merge_lists(
