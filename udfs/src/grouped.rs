@@ -7,11 +7,18 @@ use datafusion::error::Result;
 use datafusion::logical_expr::{Accumulator, EmitTo, GroupsAccumulator};
 use datafusion::scalar::ScalarValue;
 
+/// The compaction key of no event.
+const NO_KEY: u64 = u64::MAX;
+
 #[derive(Debug)]
 pub struct GroupedEvents<T> {
     entries: Vec<(u32, T)>,
     /// Groups seen so far (the groups accumulator's `total_num_groups`).
     groups: usize,
+    /// For [`GroupedEvents::push_compacting`]: per group, the compaction key of its last
+    /// event ([`NO_KEY`]: none, or one without a key). Eight bytes per group keep this
+    /// in cache where the events themselves would not be.
+    last: Vec<u64>,
 }
 
 impl<T> Default for GroupedEvents<T> {
@@ -19,6 +26,7 @@ impl<T> Default for GroupedEvents<T> {
         GroupedEvents {
             entries: vec![],
             groups: 0,
+            last: vec![],
         }
     }
 }
@@ -31,6 +39,20 @@ impl<T: Copy> GroupedEvents<T> {
     pub fn push(&mut self, group: usize, event: T) {
         let group = u32::try_from(group).expect("funnel functions support up to 2^32 groups");
         self.entries.push((group, event));
+    }
+
+    /// Push `event` unless the last event pushed for `group` had the same compaction
+    /// `key` (`None`: push, and compare the next one with nothing).
+    pub fn push_compacting(&mut self, group: usize, event: T, key: Option<u64>) {
+        if self.last.len() <= group {
+            self.last.resize(self.groups.max(group + 1), NO_KEY);
+        }
+        let key = key.unwrap_or(NO_KEY);
+        if key != NO_KEY && self.last[group] == key {
+            return;
+        }
+        self.push(group, event);
+        self.last[group] = key;
     }
 
     /// Sort by (group, `key`): a stable counting sort by group, then each group's run on
@@ -80,6 +102,12 @@ impl<T: Copy> GroupedEvents<T> {
         key: impl Fn(&T) -> K + Copy,
     ) -> (Vec<(u32, T)>, usize) {
         self.sort_by_key(key);
+        // The groups left are renumbered, their last events with them.
+        let taken = match emit_to {
+            EmitTo::All => self.last.len(),
+            EmitTo::First(n) => n.min(self.last.len()),
+        };
+        self.last.drain(..taken);
         match emit_to {
             EmitTo::All => (
                 std::mem::take(&mut self.entries),
@@ -97,6 +125,7 @@ impl<T: Copy> GroupedEvents<T> {
 
     pub fn size(&self) -> usize {
         self.entries.capacity() * std::mem::size_of::<(u32, T)>()
+            + self.last.capacity() * std::mem::size_of::<u64>()
     }
 }
 
@@ -206,6 +235,17 @@ pub trait FlatEvents: std::fmt::Debug + Send + Sync + Sized + 'static {
     fn extra_size(&self) -> usize {
         0
     }
+
+    /// Events of a group that follow one another with the same key are one as far as
+    /// the result goes (say, both fall in the same calendar period and only the period
+    /// matters): only the first is buffered. `None` (the default) keeps the event. Only
+    /// ever an optimisation, and only when `compacts` (checked once per batch) says so.
+    fn compacts(&self) -> bool {
+        false
+    }
+    fn compact_key(_e: &Self::Event) -> Option<u64> {
+        None
+    }
 }
 
 /// A groups accumulator over a [`FlatEvents`] spec.
@@ -222,6 +262,12 @@ impl<S: FlatEvents> FlatAggregate<S> {
             events: GroupedEvents::default(),
         }
     }
+
+    /// Events held (tests check that compaction keeps fewer).
+    #[cfg(test)]
+    pub fn buffered(&self) -> usize {
+        self.events.entries.len()
+    }
 }
 
 impl<S: FlatEvents> GroupsAccumulator for FlatAggregate<S> {
@@ -234,6 +280,11 @@ impl<S: FlatEvents> GroupsAccumulator for FlatAggregate<S> {
     ) -> Result<()> {
         self.events.saw_groups(total_num_groups);
         let events = &mut self.events;
+        if self.spec.compacts() {
+            return self.spec.add_rows(values, opt_filter, &mut |row, e| {
+                events.push_compacting(group_indices[row], e, S::compact_key(&e))
+            });
+        }
         self.spec.add_rows(values, opt_filter, &mut |row, e| {
             events.push(group_indices[row], e)
         })
@@ -257,6 +308,11 @@ impl<S: FlatEvents> GroupsAccumulator for FlatAggregate<S> {
     ) -> Result<()> {
         self.events.saw_groups(total_num_groups);
         let events = &mut self.events;
+        if self.spec.compacts() {
+            return self.spec.merge_lists(values, &mut |row, e| {
+                events.push_compacting(group_indices[row], e, S::compact_key(&e))
+            });
+        }
         self.spec
             .merge_lists(values, &mut |row, e| events.push(group_indices[row], e))
     }
@@ -350,5 +406,26 @@ mod tests {
         assert_eq!((first, n), (vec![(0, 1), (0, 3), (1, 9)], 2));
         let (rest, n) = g.take(EmitTo::All, |v| *v);
         assert_eq!((rest, n), (vec![(0, 1), (0, 3), (0, 5)], 1));
+    }
+
+    #[test]
+    fn push_compacting_compares_with_the_groups_last_event() {
+        let mut g = GroupedEvents::default();
+        g.saw_groups(2);
+        for (group, v) in [(0, 1), (1, 1), (0, 1), (0, 2), (1, 1), (0, 1)] {
+            g.push_compacting(group, v, Some(v as u64));
+        }
+        // (0, 1) repeats its group's last event once; (0, 1) after (0, 2) does not.
+        assert_eq!(g.entries(), &[(0, 1), (1, 1), (0, 2), (0, 1)]);
+        g.sort_by_key(|v| *v);
+        // Taking group 0 renumbers group 1 as 0, its last event with it.
+        let (taken, _) = g.take(EmitTo::First(1), |v| *v);
+        assert_eq!(taken, vec![(0, 1), (0, 1), (0, 2)]);
+        g.push_compacting(0, 1, Some(1));
+        g.push_compacting(0, 2, Some(2));
+        // An event without a key is always kept, and the next is compared with nothing.
+        g.push_compacting(0, 2, None);
+        g.push_compacting(0, 2, Some(2));
+        assert_eq!(g.entries(), &[(0, 1), (0, 2), (0, 2), (0, 2)]);
     }
 }

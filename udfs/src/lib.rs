@@ -20,6 +20,8 @@ pub mod sequence_next_node;
 pub mod sessionize;
 pub mod shapley_attribution;
 pub mod single_phase;
+#[cfg(test)]
+mod test_random;
 pub mod window_funnel;
 
 use datafusion::error::Result;

@@ -137,6 +137,29 @@ pub struct CohortEvent {
     pub flags: u8,
     /// The value column (NaN when NULL or absent).
     pub value: f64,
+    /// The calendar period `ts` falls in ([`NO_PERIOD`] with rolling windows).
+    pub period: i32,
+}
+
+/// The period of an event when periods are rolling windows from the cohort event.
+pub const NO_PERIOD: i32 = i32::MIN;
+
+impl CohortEvent {
+    pub fn new(ts: i64, flags: u8, value: f64, o: &CohortOptions) -> Self {
+        // Calendar periods of any real date fit in 32 bits (days since 1970 do until
+        // the year 5.8 million).
+        let period = if o.rolling {
+            NO_PERIOD
+        } else {
+            periods::calendar_period(ts, o.unit, &o.calendar) as i32
+        };
+        CohortEvent {
+            ts,
+            flags,
+            value,
+            period,
+        }
+    }
 }
 
 /// One output row: a person in a cohort, at a period offset.
@@ -153,11 +176,7 @@ pub struct CohortRow {
 
 /// The rows of one person, from events sorted by ts.
 pub fn cohort_rows(events: &[CohortEvent], o: &CohortOptions) -> Vec<CohortRow> {
-    // Each event's calendar period, computed once: the zone conversion is the costly part.
-    let period_of: Vec<i64> = events
-        .iter()
-        .map(|e| periods::calendar_period(e.ts, o.unit, &o.calendar))
-        .collect();
+    let period_of: Vec<i64> = events.iter().map(|e| e.period as i64).collect();
     let mut cohorts: Vec<usize> = vec![];
     for (i, _) in events.iter().enumerate().filter(|(_, e)| e.flags & 1 != 0) {
         let new_period = cohorts.last().is_none_or(|c| period_of[*c] != period_of[i]);
@@ -332,6 +351,7 @@ impl AggregateUDFImpl for CohortRetention {
     fn accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
         Ok(Box::new(SingleGroup(CohortGroups::new(CohortSpec {
             options: options_of(&args)?,
+            values: has_values(&args),
         }))))
     }
 
@@ -356,6 +376,7 @@ impl AggregateUDFImpl for CohortRetention {
     ) -> Result<Box<dyn GroupsAccumulator>> {
         Ok(Box::new(CohortGroups::new(CohortSpec {
             options: options_of(&args)?,
+            values: has_values(&args),
         })))
     }
 
@@ -392,9 +413,19 @@ fn options_of(args: &AccumulatorArgs) -> Result<CohortOptions> {
 
 type CohortGroups = FlatAggregate<CohortSpec>;
 
+/// Whether the value argument can hold values (anything but a NULL literal).
+fn has_values(args: &AccumulatorArgs) -> bool {
+    use datafusion::physical_expr::expressions::Literal;
+    args.exprs[4]
+        .downcast_ref::<Literal>()
+        .is_none_or(|l| !l.value().is_null())
+}
+
 #[derive(Debug)]
 pub struct CohortSpec {
     options: CohortOptions,
+    /// The value argument is not the NULL literal.
+    values: bool,
 }
 
 impl CohortSpec {
@@ -430,11 +461,7 @@ impl CohortSpec {
             };
             push(
                 row,
-                CohortEvent {
-                    ts: ts.value(row),
-                    flags,
-                    value: v,
-                },
+                CohortEvent::new(ts.value(row), flags, v, &self.options),
             );
         }
         Ok(())
@@ -510,6 +537,7 @@ impl FlatEvents for CohortSpec {
     fn fresh(&self) -> Self {
         CohortSpec {
             options: self.options.clone(),
+            values: self.values,
         }
     }
 
@@ -524,6 +552,19 @@ impl FlatEvents for CohortSpec {
 
     fn results(&self, entries: &[(u32, CohortEvent)], n: usize) -> Result<ArrayRef> {
         Ok(self.matrix_rows(entries, n))
+    }
+
+    // With calendar periods and no value column only which periods had which flags
+    // matters (the exact time of the cohort event decides only which returns in its own
+    // period count, and period 0 is always retained), so an event adds nothing after
+    // one of the same period and flags. Rolling windows need every event's time, and
+    // values the cohort event's time (returns before it in period 0 are not summed).
+    fn compacts(&self) -> bool {
+        !self.options.rolling && !self.values
+    }
+
+    fn compact_key(e: &CohortEvent) -> Option<u64> {
+        Some((e.period as u32 as u64) << 8 | e.flags as u64)
     }
 
     fn state_lists(&self, entries: &[(u32, CohortEvent)], n: usize) -> Vec<ArrayRef> {
@@ -547,16 +588,111 @@ impl FlatEvents for CohortSpec {
             .values()
             .as_primitive::<Float64Type>()
             .clone();
+        let o = &self.options;
         for_each_element(ts, |row, j| {
             push(
                 row,
-                CohortEvent {
-                    ts: ts_values.value(j),
-                    flags: flags.value(j),
-                    value: value.value(j),
-                },
+                CohortEvent::new(ts_values.value(j), flags.value(j), value.value(j), o),
             )
         });
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_random::Random;
+    use datafusion::arrow::array::{StringArray, TimestampMicrosecondArray};
+    use datafusion::logical_expr::EmitTo;
+
+    /// (group, ts, cohort condition, return condition, value)
+    type Row = (usize, i64, bool, bool, Option<f64>);
+
+    /// The accumulator's result for `rows` fed in shuffled batches, and how many events
+    /// it buffered.
+    fn accumulated(options: &str, rows: &[Row], groups: usize) -> (ArrayRef, usize) {
+        let o = CohortOptions::parse(options).unwrap();
+        let values = rows.iter().any(|r| r.4.is_some());
+        let mut acc = CohortGroups::new(CohortSpec { options: o, values });
+        for chunk in rows.chunks(7) {
+            let values: Vec<ArrayRef> = vec![
+                Arc::new(StringArray::from(vec![options; chunk.len()])),
+                Arc::new(TimestampMicrosecondArray::from_iter_values(
+                    chunk.iter().map(|r| r.1),
+                )),
+                Arc::new(BooleanArray::from_iter(chunk.iter().map(|r| Some(r.2)))),
+                Arc::new(BooleanArray::from_iter(chunk.iter().map(|r| Some(r.3)))),
+                Arc::new(Float64Array::from_iter(chunk.iter().map(|r| r.4))),
+            ];
+            let group_of: Vec<usize> = chunk.iter().map(|r| r.0).collect();
+            acc.update_batch(&values, &group_of, None, groups).unwrap();
+        }
+        let buffered = acc.buffered();
+        (acc.evaluate(EmitTo::All).unwrap(), buffered)
+    }
+
+    #[test]
+    fn keeping_one_event_per_period_changes_no_result() {
+        let mut r = Random(11);
+        let groups = 25;
+        let options = [
+            "unit=day; periods=5",
+            "unit=week; periods=3; cohort=recurring",
+            "unit=day; periods=4; retained=on_or_after; tz=Asia/Shanghai",
+            "unit=day; periods=4; window=rolling",
+            "unit=week; periods=2; window=rolling; retained=on_or_after",
+            "unit=month; periods=2; cohort=recurring; tz=America/New_York",
+        ];
+        for options in options {
+            for values in ["none", "some", "all"] {
+                let mut rows: Vec<Row> = vec![];
+                for g in 0..groups {
+                    for _ in 0..r.below(60) {
+                        // 8 days in 4-hour steps, plus a little jitter.
+                        let ts = r.below(48) as i64 * US_PER_DAY / 6 + r.below(1000) as i64;
+                        let with_value = values == "all" || (values == "some" && r.below(2) == 0);
+                        let value = with_value.then(|| r.below(50) as f64);
+                        rows.push((g, ts, r.below(12) == 0, r.below(4) != 0, value));
+                    }
+                }
+                // Every event, sorted, none dropped.
+                let o = CohortOptions::parse(options).unwrap();
+                let mut all: Vec<(u32, CohortEvent)> = rows
+                    .iter()
+                    .filter(|r| r.2 || r.3)
+                    .map(|r| {
+                        let flags = r.2 as u8 | (r.3 as u8) << 1;
+                        let value = r.4.unwrap_or(f64::NAN);
+                        (r.0 as u32, CohortEvent::new(r.1, flags, value, &o))
+                    })
+                    .collect();
+                all.sort_by_key(|e| (e.0, e.1.ts, e.1.flags));
+                let spec = CohortSpec {
+                    options: o.clone(),
+                    values: true,
+                };
+                let want = spec.matrix_rows(&all, groups);
+                // Rows in time order (as in a time-ordered file), then in any order.
+                rows.sort_by_key(|r| r.1);
+                let (in_order, buffered) = accumulated(options, &rows, groups);
+                r.shuffle(&mut rows);
+                let (shuffled, _) = accumulated(options, &rows, groups);
+                let case = format!("{options}, values: {values}");
+                assert_eq!(in_order.as_ref(), want.as_ref(), "{case}");
+                assert_eq!(shuffled.as_ref(), want.as_ref(), "{case}");
+                // Calendar periods without a value column keep far fewer events; rolling
+                // windows and values keep all.
+                if values != "none" || o.rolling {
+                    assert_eq!(buffered, all.len(), "{case}");
+                } else if values == "none" {
+                    assert!(
+                        buffered * 3 < all.len() * 2,
+                        "{case}: {buffered} of {}",
+                        all.len()
+                    );
+                }
+            }
+        }
     }
 }

@@ -324,6 +324,14 @@ impl FlatEvents for LifecycleSpec {
         *p
     }
 
+    // Only the set of active periods matters: a repeat of the period just seen adds nothing.
+    fn compacts(&self) -> bool {
+        true
+    }
+    fn compact_key(p: &i64) -> Option<u64> {
+        Some(*p as u64)
+    }
+
     fn fresh(&self) -> Self {
         LifecycleSpec {
             options: self.options.clone(),

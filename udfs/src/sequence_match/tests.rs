@@ -4,6 +4,7 @@
 
 use super::matcher::{Matcher, Scratch};
 use super::pattern::{parse, Action, Pattern, TimeOp};
+use crate::test_random::Random;
 
 /// One search from `start`, ClickHouse-style: returns (matched, where the next search
 /// starts).
@@ -104,18 +105,6 @@ fn matches_anywhere(actions: &[Action], masks: &[u64]) -> bool {
         }
     }
     from(actions, masks, 0)
-}
-
-struct Random(u64);
-
-impl Random {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        (self.0 >> 33) % n
-    }
 }
 
 fn random_pattern(r: &mut Random, conditions: usize, with_time: bool) -> String {
