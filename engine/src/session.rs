@@ -44,7 +44,7 @@ pub struct SessionOptions {
 /// A new session with every function and table registered.
 pub async fn new_session(options: &SessionOptions) -> Result<SessionContext> {
     let mut config = SessionConfig::new()
-        .with_option_extension(tidepool_udfs::single_phase::TidepoolOptions::default())
+        .with_option_extension(tidepool_udfs::settings::TidepoolOptions::default())
         .with_information_schema(true)
         .with_default_catalog_and_schema(CATALOG, SCHEMA);
     if let Some(n) = options.target_partitions {
@@ -53,6 +53,7 @@ pub async fn new_session(options: &SessionOptions) -> Result<SessionContext> {
     let mut state = SessionStateBuilder::new()
         .with_config(config)
         .with_default_features()
+        .with_optimizer_rule(Arc::new(tidepool_udfs::prefilter::PrefilterConditionRows))
         .with_physical_optimizer_rule(Arc::new(
             tidepool_udfs::single_phase::SinglePhaseEventAggregates,
         ))

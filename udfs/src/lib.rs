@@ -19,6 +19,8 @@ pub mod sequence_match;
 pub mod sequence_next_node;
 pub mod sessionize;
 pub mod shapley_attribution;
+pub mod prefilter;
+pub mod settings;
 pub mod single_phase;
 #[cfg(test)]
 mod test_random;

@@ -18,8 +18,7 @@
 
 use std::sync::Arc;
 
-use datafusion::common::config::{ConfigExtension, ConfigOptions};
-use datafusion::common::extensions_options;
+use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::error::Result;
 use datafusion::physical_expr::Partitioning;
@@ -37,19 +36,6 @@ pub const EVENT_BUFFER_AGGREGATES: [&str; 5] = [
     crate::sequence_next_node::NAME,
     crate::path_edges::NAME,
 ];
-
-extensions_options! {
-    /// tidepool's own session settings (`SET tidepool.NAME = VALUE`).
-    pub struct TidepoolOptions {
-        /// Run aggregations made only of event-buffer aggregates in one phase. Off, they
-        /// run in DataFusion's two phases (tests use this to cover the partial states).
-        pub single_phase_event_aggregates: bool, default = true
-    }
-}
-
-impl ConfigExtension for TidepoolOptions {
-    const PREFIX: &'static str = "tidepool";
-}
 
 #[derive(Debug, Default)]
 pub struct SinglePhaseEventAggregates;
@@ -111,7 +97,7 @@ impl PhysicalOptimizerRule for SinglePhaseEventAggregates {
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let on = config
             .extensions
-            .get::<TidepoolOptions>()
+            .get::<crate::settings::TidepoolOptions>()
             .is_none_or(|o| o.single_phase_event_aggregates);
         if !on {
             return Ok(plan);
@@ -141,11 +127,11 @@ mod tests {
     async fn plan(sql: &str, single_phase: bool) -> String {
         let mut config = SessionConfig::new()
             .with_target_partitions(2)
-            .with_option_extension(TidepoolOptions::default());
+            .with_option_extension(crate::settings::TidepoolOptions::default());
         config
             .options_mut()
             .extensions
-            .get_mut::<TidepoolOptions>()
+            .get_mut::<crate::settings::TidepoolOptions>()
             .unwrap()
             .single_phase_event_aggregates = single_phase;
         let mut state = SessionStateBuilder::new()

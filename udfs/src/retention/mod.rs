@@ -51,7 +51,7 @@ impl Retention {
     }
 }
 
-fn item_field() -> FieldRef {
+pub(crate) fn item_field() -> FieldRef {
     Arc::new(Field::new_list_field(DataType::UInt8, false))
 }
 

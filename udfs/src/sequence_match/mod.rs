@@ -71,6 +71,11 @@ pub struct Sequence {
 }
 
 impl Sequence {
+    /// Which of the two functions this is.
+    pub fn answer(&self) -> Answer {
+        self.answer
+    }
+
     pub fn new(answer: Answer) -> Self {
         Sequence {
             answer,

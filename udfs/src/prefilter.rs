@@ -1,0 +1,373 @@
+//! A logical optimizer rule: when only groups where something matched survive a
+//! filter, drop the rows where nothing matched before grouping.
+//!
+//! `sequence_match`, `sequence_count`, `window_funnel` (except in `strict_order` mode)
+//! and `retention` look only at the rows where at least one of their conditions holds;
+//! a group without such rows gets a fixed answer (false, 0, 0, all zeros). A query like
+//!
+//! ```sql
+//! SELECT count(*) FROM (SELECT sequence_match('(?1).*(?2)', ts, a, b) AS m
+//!                       FROM events GROUP BY person) WHERE m
+//! ```
+//!
+//! drops exactly those groups again. When the filter above the aggregation is false or
+//! NULL for every such fixed answer, no row where every condition is false can change
+//! the result, so the rule adds `WHERE a OR b` below the aggregation: the grouping (the
+//! costly part, a hash of every row's person key) then sees only the rows that matter,
+//! as a hand-written query would. Everything else is left alone: other aggregates in
+//! the same aggregation, DISTINCT, FILTER or ORDER BY clauses, grouping sets, volatile
+//! conditions, or a filter that an unmatched group could pass.
+//! `SET tidepool.prefilter_condition_rows = false` switches it off.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ListArray, UInt8Array};
+use datafusion::arrow::buffer::OffsetBuffer;
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::common::{Column, DFSchemaRef};
+use datafusion::error::Result;
+use datafusion::logical_expr::expr::AggregateFunction;
+use datafusion::logical_expr::simplify::SimplifyContext;
+use datafusion::logical_expr::utils::{disjunction, split_conjunction};
+use datafusion::logical_expr::{
+    lit, Aggregate, Expr, Filter, LogicalPlan, Projection,
+};
+use datafusion::optimizer::optimizer::ApplyOrder;
+use datafusion::optimizer::simplify_expressions::ExprSimplifier;
+use datafusion::optimizer::{OptimizerConfig, OptimizerRule};
+use datafusion::scalar::ScalarValue;
+
+use crate::retention::Retention;
+use crate::sequence_match::{Answer, Sequence};
+use crate::window_funnel::{FunnelMode, WindowFunnel};
+
+#[derive(Debug, Default)]
+pub struct PrefilterConditionRows;
+
+/// For a call of one of the functions this rule knows: its answer for a group with no
+/// row where a condition holds, and its conditions.
+fn unmatched_answer(call: &AggregateFunction) -> Option<(ScalarValue, &[Expr])> {
+    let p = &call.params;
+    if p.distinct || p.filter.is_some() || !p.order_by.is_empty() {
+        return None;
+    }
+    let f: &dyn std::any::Any = call.func.inner().as_ref();
+    if let Some(seq) = f.downcast_ref::<Sequence>() {
+        let answer = match seq.answer() {
+            Answer::Match => ScalarValue::Boolean(Some(false)),
+            Answer::Count => ScalarValue::UInt64(Some(0)),
+        };
+        return Some((answer, p.args.get(2..)?));
+    }
+    if f.is::<WindowFunnel>() {
+        // In strict_order mode a row matching no step breaks a chain: it matters.
+        let Some(Expr::Literal(mode, _)) = p.args.get(1) else {
+            return None;
+        };
+        let mode = FunnelMode::parse(mode.try_as_str().flatten()?).ok()?;
+        if mode.strict_order {
+            return None;
+        }
+        return Some((ScalarValue::UInt8(Some(0)), p.args.get(3..)?));
+    }
+    if f.is::<Retention>() {
+        let zeros = UInt8Array::from(vec![0; p.args.len()]);
+        let list = ListArray::new(
+            crate::retention::item_field(),
+            OffsetBuffer::from_lengths([zeros.len()]),
+            Arc::new(zeros),
+            None,
+        );
+        return Some((ScalarValue::List(Arc::new(list)), &p.args));
+    }
+    None
+}
+
+/// The output column of each of an aggregation's aggregates.
+fn aggregate_columns(agg: &Aggregate) -> Vec<Column> {
+    let groups = agg.group_expr.len();
+    (0..agg.aggr_expr.len())
+        .map(|i| Column::from(agg.schema.qualified_field(groups + i)))
+        .collect()
+}
+
+/// `expr` with each column that `columns` names replaced.
+fn replace_columns(expr: Expr, columns: &HashMap<Column, Expr>) -> Result<Expr> {
+    expr.transform(|e| match &e {
+        Expr::Column(c) => Ok(match columns.get(c) {
+            Some(to) => Transformed::yes(to.clone()),
+            None => Transformed::no(e),
+        }),
+        _ => Ok(Transformed::no(e)),
+    })
+    .map(|t| t.data)
+}
+
+/// Whether `predicate` is already a conjunct of a filter at the top of `plan` (or of
+/// its table scan's filters): the rule has run here before.
+fn already_filtered(plan: &LogicalPlan, predicate: &Expr) -> bool {
+    match plan {
+        LogicalPlan::Filter(f) => {
+            split_conjunction(&f.predicate).contains(&predicate)
+                || already_filtered(&f.input, predicate)
+        }
+        LogicalPlan::TableScan(s) => s.filters.iter().any(|f| {
+            f == predicate || split_conjunction(f).contains(&predicate)
+        }),
+        _ => false,
+    }
+}
+
+fn is_false_or_null(e: &Expr) -> bool {
+    matches!(e, Expr::Literal(v, _) if v.is_null() || v == &ScalarValue::Boolean(Some(false)))
+}
+
+/// The aggregation below `plan` (through projections), with `predicate` written over
+/// its output columns.
+fn aggregate_below(plan: &LogicalPlan, predicate: Expr) -> Result<Option<(&Aggregate, Expr)>> {
+    match plan {
+        LogicalPlan::Aggregate(agg) => Ok(Some((agg, predicate))),
+        LogicalPlan::Projection(p) => {
+            let columns: HashMap<Column, Expr> = p
+                .expr
+                .iter()
+                .enumerate()
+                .map(|(i, e)| {
+                    let to = match e {
+                        Expr::Alias(a) => a.expr.as_ref().clone(),
+                        e => e.clone(),
+                    };
+                    (Column::from(p.schema.qualified_field(i)), to)
+                })
+                .collect();
+            aggregate_below(&p.input, replace_columns(predicate, &columns)?)
+        }
+        _ => Ok(None),
+    }
+}
+
+/// `plan` (projections down to an aggregation) with the aggregation replaced.
+fn with_new_aggregate(plan: &LogicalPlan, agg: LogicalPlan) -> Result<LogicalPlan> {
+    match plan {
+        LogicalPlan::Aggregate(_) => Ok(agg),
+        LogicalPlan::Projection(p) => Ok(LogicalPlan::Projection(
+            Projection::try_new_with_schema(
+                p.expr.clone(),
+                Arc::new(with_new_aggregate(&p.input, agg)?),
+                Arc::clone(&p.schema),
+            )?,
+        )),
+        _ => unreachable!("aggregate_below walked only projections"),
+    }
+}
+
+fn simplify(expr: Expr, schema: &DFSchemaRef, config: &dyn OptimizerConfig) -> Result<Expr> {
+    let context = SimplifyContext::builder()
+        .with_schema(Arc::clone(schema))
+        .with_query_execution_start_time(config.query_execution_start_time())
+        .with_config_options(config.options())
+        .build();
+    ExprSimplifier::new(context).simplify(expr)
+}
+
+impl OptimizerRule for PrefilterConditionRows {
+    fn name(&self) -> &str {
+        "prefilter_condition_rows"
+    }
+
+    fn apply_order(&self) -> Option<ApplyOrder> {
+        Some(ApplyOrder::TopDown)
+    }
+
+    fn rewrite(
+        &self,
+        plan: LogicalPlan,
+        config: &dyn OptimizerConfig,
+    ) -> Result<Transformed<LogicalPlan>> {
+        let on = config
+            .options()
+            .extensions
+            .get::<crate::settings::TidepoolOptions>()
+            .is_none_or(|o| o.prefilter_condition_rows);
+        let LogicalPlan::Filter(filter) = &plan else {
+            return Ok(Transformed::no(plan));
+        };
+        if !on {
+            return Ok(Transformed::no(plan));
+        }
+        let Some((agg, predicate)) = aggregate_below(&filter.input, filter.predicate.clone())?
+        else {
+            return Ok(Transformed::no(plan));
+        };
+        if agg.group_expr.is_empty()
+            || agg.aggr_expr.is_empty()
+            || agg.group_expr.iter().any(|g| matches!(g, Expr::GroupingSet(_)))
+        {
+            return Ok(Transformed::no(plan));
+        }
+        let mut answers = HashMap::new();
+        let mut conditions: Vec<Expr> = vec![];
+        for (e, column) in agg.aggr_expr.iter().zip(aggregate_columns(agg)) {
+            let call = match e {
+                Expr::Alias(a) => a.expr.as_ref(),
+                e => e,
+            };
+            let Expr::AggregateFunction(call) = call else {
+                return Ok(Transformed::no(plan));
+            };
+            let Some((answer, conds)) = unmatched_answer(call) else {
+                return Ok(Transformed::no(plan));
+            };
+            if conds.is_empty() || conds.iter().any(|c| c.is_volatile()) {
+                return Ok(Transformed::no(plan));
+            }
+            answers.insert(column, lit(answer));
+            for c in conds {
+                if !conditions.contains(c) {
+                    conditions.push(c.clone());
+                }
+            }
+        }
+        // The filter, for a group where no condition held anywhere: if it can pass, the
+        // unmatched rows decide which groups exist and must stay.
+        let unmatched = replace_columns(predicate, &answers)?;
+        if !is_false_or_null(&simplify(unmatched, &agg.schema, config)?) {
+            return Ok(Transformed::no(plan));
+        }
+        let rows = disjunction(conditions).expect("at least one condition");
+        if already_filtered(&agg.input, &rows) {
+            return Ok(Transformed::no(plan));
+        }
+        let input = LogicalPlan::Filter(Filter::try_new(rows, Arc::clone(&agg.input))?);
+        let new_agg = LogicalPlan::Aggregate(Aggregate::try_new_with_schema(
+            Arc::new(input),
+            agg.group_expr.clone(),
+            agg.aggr_expr.clone(),
+            Arc::clone(&agg.schema),
+        )?);
+        let below = with_new_aggregate(&filter.input, new_agg)?;
+        Ok(Transformed::yes(LogicalPlan::Filter(Filter::try_new(
+            filter.predicate.clone(),
+            Arc::new(below),
+        )?)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_random::Random;
+    use datafusion::arrow::array::{Int64Array, RecordBatch, StringArray, TimestampSecondArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    use datafusion::arrow::util::pretty::pretty_format_batches;
+    use datafusion::datasource::MemTable;
+    use datafusion::execution::session_state::SessionStateBuilder;
+    use datafusion::prelude::{SessionConfig, SessionContext};
+
+    /// A session over a random event table `t(p, ts, e)`: 40 people, events a..e.
+    async fn session(seed: u64) -> SessionContext {
+        let config = SessionConfig::new()
+            .with_target_partitions(2)
+            .with_option_extension(crate::settings::TidepoolOptions::default());
+        let mut state = SessionStateBuilder::new()
+            .with_config(config)
+            .with_default_features()
+            .with_optimizer_rule(Arc::new(PrefilterConditionRows))
+            .build();
+        crate::register_all(&mut state).unwrap();
+        let ctx = SessionContext::new_with_state(state);
+        let mut r = Random(seed);
+        let rows = 600;
+        let p: Vec<i64> = (0..rows).map(|_| r.below(40) as i64).collect();
+        let ts: Vec<i64> = (0..rows).map(|_| r.below(5000) as i64).collect();
+        let names = ["a", "b", "c", "d", "e"];
+        // Rarer steps further down the alphabet, so some people never match.
+        let e: Vec<&str> = (0..rows)
+            .map(|_| names[(r.below(15) as f64).sqrt() as usize])
+            .collect();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("p", DataType::Int64, false),
+            Field::new("ts", DataType::Timestamp(TimeUnit::Second, None), false),
+            Field::new("e", DataType::Utf8, false),
+        ]));
+        let batch = RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![
+                Arc::new(Int64Array::from(p)),
+                Arc::new(TimestampSecondArray::from(ts)),
+                Arc::new(StringArray::from(e)),
+            ],
+        )
+        .unwrap();
+        let half = batch.num_rows() / 2;
+        let parts = vec![vec![batch.slice(0, half)], vec![batch.slice(half, rows - half)]];
+        let table = MemTable::try_new(schema, parts).unwrap();
+        ctx.register_table("t", Arc::new(table)).unwrap();
+        ctx
+    }
+
+    async fn run(ctx: &SessionContext, sql: &str, prefilter: bool) -> (String, String) {
+        ctx.sql(&format!("SET tidepool.prefilter_condition_rows = {prefilter}"))
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let df = ctx.sql(sql).await.unwrap();
+        let plan = df.clone().into_optimized_plan().unwrap().display_indent().to_string();
+        let batches = df.collect().await.unwrap();
+        (pretty_format_batches(&batches).unwrap().to_string(), plan)
+    }
+
+    /// Whether a filter on the conditions sits below the per-person aggregation.
+    fn prefiltered(plan: &str) -> bool {
+        let below = plan.split_once("Aggregate: groupBy=[[t.p]]").map(|(_, b)| b);
+        below.is_some_and(|b| {
+            b.lines()
+                .any(|l| l.trim_start().starts_with("Filter:") && l.contains("t.e = "))
+        })
+    }
+
+    const FIRES: [&str; 7] = [
+        "SELECT count(*) FROM (SELECT sequence_match('(?1).*(?2)', ts, e = 'b', e = 'c') AS m FROM t GROUP BY p) WHERE m",
+        "SELECT p FROM t GROUP BY p HAVING sequence_match('(?1)(?t<=900)(?2)', ts, e = 'b', e = 'd') ORDER BY p",
+        "SELECT p, sequence_count('(?1)(?2)', ts, e = 'c', e = 'b') AS n FROM t GROUP BY p HAVING sequence_count('(?1)(?2)', ts, e = 'c', e = 'b') > 1 ORDER BY p",
+        "SELECT p, l FROM (SELECT p, window_funnel(600, '', ts, e = 'b', e = 'c', e = 'd') AS l FROM t GROUP BY p) WHERE l >= 2 ORDER BY p",
+        "SELECT p FROM t GROUP BY p HAVING window_funnel(600, 'strict_once', ts, e = 'b', e = 'c') = 2 AND sequence_match('(?1).*(?2)', ts, e = 'd', e = 'b') ORDER BY p",
+        "SELECT p, r FROM (SELECT p, retention(e = 'c', e = 'd', e = 'e') AS r FROM t GROUP BY p) WHERE r[1] = 1 ORDER BY p",
+        "SELECT count(*) FROM (SELECT p, sequence_match('(?1)', ts, e = 'e') AS m FROM t GROUP BY p) WHERE m AND p > 10",
+    ];
+
+    const LEFT_ALONE: [&str; 6] = [
+        // An unmatched group passes these filters, or is counted.
+        "SELECT count(*) FROM (SELECT sequence_match('(?1).*(?2)', ts, e = 'b', e = 'c') AS m FROM t GROUP BY p) WHERE NOT m",
+        "SELECT count(*) FROM (SELECT p, sequence_match('(?1)', ts, e = 'e') AS m FROM t GROUP BY p) WHERE m OR p > 30",
+        "SELECT l, count(*) FROM (SELECT window_funnel(600, '', ts, e = 'b', e = 'c') AS l FROM t GROUP BY p) GROUP BY l ORDER BY l",
+        // A row matching no step breaks a strict_order chain.
+        "SELECT p FROM t GROUP BY p HAVING window_funnel(600, 'strict_order', ts, e = 'b', e = 'c') = 2 ORDER BY p",
+        // count(*) sees every row.
+        "SELECT p, count(*) FROM t GROUP BY p HAVING sequence_match('(?1)', ts, e = 'e') ORDER BY p",
+        "SELECT p FROM t GROUP BY p HAVING sequence_match('(?1)', ts, e = 'e' OR random() < 0.0) ORDER BY p",
+    ];
+
+    #[tokio::test]
+    async fn rows_matching_nothing_are_dropped_only_where_that_changes_no_answer() {
+        for seed in 1..=4 {
+            let ctx = session(seed).await;
+            for sql in FIRES {
+                let (with, plan) = run(&ctx, sql, true).await;
+                let (without, plain) = run(&ctx, sql, false).await;
+                assert_eq!(with, without, "seed {seed}: {sql}");
+                assert!(prefiltered(&plan), "not rewritten: {sql}\n{plan}");
+                assert!(!prefiltered(&plain), "rewritten while off: {sql}\n{plain}");
+                // Some groups pass and some do not, so the check means something.
+                assert!(with.lines().count() > 4, "{sql}\n{with}");
+            }
+            for sql in LEFT_ALONE {
+                let (_, plan) = run(&ctx, sql, true).await;
+                assert!(!prefiltered(&plan), "rewritten: {sql}\n{plan}");
+            }
+        }
+    }
+}

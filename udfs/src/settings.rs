@@ -1,0 +1,21 @@
+//! tidepool's own session settings, `SET tidepool.NAME = VALUE`.
+
+use datafusion::common::config::ConfigExtension;
+use datafusion::common::extensions_options;
+
+extensions_options! {
+    /// tidepool's own session settings (`SET tidepool.NAME = VALUE`).
+    pub struct TidepoolOptions {
+        /// Run aggregations made only of event-buffer aggregates in one phase. Off, they
+        /// run in DataFusion's two phases (tests use this to cover the partial states).
+        pub single_phase_event_aggregates: bool, default = true
+        /// Drop the rows where no condition holds before grouping when only groups
+        /// with a match pass the filter above (`crate::prefilter`).
+        pub prefilter_condition_rows: bool, default = true
+    }
+}
+
+impl ConfigExtension for TidepoolOptions {
+    const PREFIX: &'static str = "tidepool";
+}
+
