@@ -57,6 +57,10 @@ pub async fn new_session(options: &SessionOptions) -> Result<SessionContext> {
         .with_physical_optimizer_rule(Arc::new(
             tidepool_udfs::single_phase::SinglePhaseEventAggregates,
         ))
+        // After the single-phase rule, which looks for DataFusion's AggregateExec.
+        .with_physical_optimizer_rule(Arc::new(
+            tidepool_udfs::string_key_aggregate::StringKeyAggregates,
+        ))
         .build();
     register_functions(&mut state)?;
     let ctx = SessionContext::new_with_state(state);

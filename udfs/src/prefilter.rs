@@ -30,9 +30,7 @@ use datafusion::error::Result;
 use datafusion::logical_expr::expr::AggregateFunction;
 use datafusion::logical_expr::simplify::SimplifyContext;
 use datafusion::logical_expr::utils::{disjunction, split_conjunction};
-use datafusion::logical_expr::{
-    lit, Aggregate, Expr, Filter, LogicalPlan, Projection,
-};
+use datafusion::logical_expr::{lit, Aggregate, Expr, Filter, LogicalPlan, Projection};
 use datafusion::optimizer::optimizer::ApplyOrder;
 use datafusion::optimizer::simplify_expressions::ExprSimplifier;
 use datafusion::optimizer::{OptimizerConfig, OptimizerRule};
@@ -112,9 +110,10 @@ fn already_filtered(plan: &LogicalPlan, predicate: &Expr) -> bool {
             split_conjunction(&f.predicate).contains(&predicate)
                 || already_filtered(&f.input, predicate)
         }
-        LogicalPlan::TableScan(s) => s.filters.iter().any(|f| {
-            f == predicate || split_conjunction(f).contains(&predicate)
-        }),
+        LogicalPlan::TableScan(s) => s
+            .filters
+            .iter()
+            .any(|f| f == predicate || split_conjunction(f).contains(&predicate)),
         _ => false,
     }
 }
@@ -151,13 +150,11 @@ fn aggregate_below(plan: &LogicalPlan, predicate: Expr) -> Result<Option<(&Aggre
 fn with_new_aggregate(plan: &LogicalPlan, agg: LogicalPlan) -> Result<LogicalPlan> {
     match plan {
         LogicalPlan::Aggregate(_) => Ok(agg),
-        LogicalPlan::Projection(p) => Ok(LogicalPlan::Projection(
-            Projection::try_new_with_schema(
-                p.expr.clone(),
-                Arc::new(with_new_aggregate(&p.input, agg)?),
-                Arc::clone(&p.schema),
-            )?,
-        )),
+        LogicalPlan::Projection(p) => Ok(LogicalPlan::Projection(Projection::try_new_with_schema(
+            p.expr.clone(),
+            Arc::new(with_new_aggregate(&p.input, agg)?),
+            Arc::clone(&p.schema),
+        )?)),
         _ => unreachable!("aggregate_below walked only projections"),
     }
 }
@@ -202,7 +199,10 @@ impl OptimizerRule for PrefilterConditionRows {
         };
         if agg.group_expr.is_empty()
             || agg.aggr_expr.is_empty()
-            || agg.group_expr.iter().any(|g| matches!(g, Expr::GroupingSet(_)))
+            || agg
+                .group_expr
+                .iter()
+                .any(|g| matches!(g, Expr::GroupingSet(_)))
         {
             return Ok(Transformed::no(plan));
         }
@@ -301,28 +301,40 @@ mod tests {
         )
         .unwrap();
         let half = batch.num_rows() / 2;
-        let parts = vec![vec![batch.slice(0, half)], vec![batch.slice(half, rows - half)]];
+        let parts = vec![
+            vec![batch.slice(0, half)],
+            vec![batch.slice(half, rows - half)],
+        ];
         let table = MemTable::try_new(schema, parts).unwrap();
         ctx.register_table("t", Arc::new(table)).unwrap();
         ctx
     }
 
     async fn run(ctx: &SessionContext, sql: &str, prefilter: bool) -> (String, String) {
-        ctx.sql(&format!("SET tidepool.prefilter_condition_rows = {prefilter}"))
-            .await
-            .unwrap()
-            .collect()
-            .await
-            .unwrap();
+        ctx.sql(&format!(
+            "SET tidepool.prefilter_condition_rows = {prefilter}"
+        ))
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
         let df = ctx.sql(sql).await.unwrap();
-        let plan = df.clone().into_optimized_plan().unwrap().display_indent().to_string();
+        let plan = df
+            .clone()
+            .into_optimized_plan()
+            .unwrap()
+            .display_indent()
+            .to_string();
         let batches = df.collect().await.unwrap();
         (pretty_format_batches(&batches).unwrap().to_string(), plan)
     }
 
     /// Whether a filter on the conditions sits below the per-person aggregation.
     fn prefiltered(plan: &str) -> bool {
-        let below = plan.split_once("Aggregate: groupBy=[[t.p]]").map(|(_, b)| b);
+        let below = plan
+            .split_once("Aggregate: groupBy=[[t.p]]")
+            .map(|(_, b)| b);
         below.is_some_and(|b| {
             b.lines()
                 .any(|l| l.trim_start().starts_with("Filter:") && l.contains("t.e = "))

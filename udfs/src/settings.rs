@@ -12,10 +12,12 @@ extensions_options! {
         /// Drop the rows where no condition holds before grouping when only groups
         /// with a match pass the filter above (`crate::prefilter`).
         pub prefilter_condition_rows: bool, default = true
+        /// Group by one string key with tidepool's key map instead of DataFusion's
+        /// general one (`crate::string_key_aggregate`).
+        pub string_key_aggregation: bool, default = true
     }
 }
 
 impl ConfigExtension for TidepoolOptions {
     const PREFIX: &'static str = "tidepool";
 }
-
