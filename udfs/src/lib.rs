@@ -26,6 +26,8 @@ pub mod single_phase;
 pub mod string_key_aggregate;
 #[cfg(test)]
 mod test_random;
+#[cfg(test)]
+mod test_session;
 pub mod window_funnel;
 
 use datafusion::error::Result;

@@ -262,21 +262,15 @@ mod tests {
     use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
     use datafusion::arrow::util::pretty::pretty_format_batches;
     use datafusion::datasource::MemTable;
-    use datafusion::execution::session_state::SessionStateBuilder;
     use datafusion::prelude::{SessionConfig, SessionContext};
 
     /// A session over a random event table `t(p, ts, e)`: 40 people, events a..e.
     async fn session(seed: u64) -> SessionContext {
-        let config = SessionConfig::new()
-            .with_target_partitions(2)
-            .with_option_extension(crate::settings::TidepoolOptions::default());
-        let mut state = SessionStateBuilder::new()
-            .with_config(config)
-            .with_default_features()
-            .with_optimizer_rule(Arc::new(PrefilterConditionRows))
-            .build();
-        crate::register_all(&mut state).unwrap();
-        let ctx = SessionContext::new_with_state(state);
+        let ctx = crate::test_session::session(
+            SessionConfig::new().with_target_partitions(2),
+            |_| {},
+            |b| b.with_optimizer_rule(Arc::new(PrefilterConditionRows)),
+        );
         let mut r = Random(seed);
         let rows = 600;
         let p: Vec<i64> = (0..rows).map(|_| r.below(40) as i64).collect();

@@ -120,27 +120,15 @@ mod tests {
     use datafusion::arrow::array::{Int64Array, RecordBatch, TimestampMicrosecondArray};
     use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
     use datafusion::datasource::MemTable;
-    use datafusion::execution::session_state::SessionStateBuilder;
     use datafusion::physical_plan::displayable;
-    use datafusion::prelude::{SessionConfig, SessionContext};
+    use datafusion::prelude::SessionConfig;
 
     async fn plan(sql: &str, single_phase: bool) -> String {
-        let mut config = SessionConfig::new()
-            .with_target_partitions(2)
-            .with_option_extension(crate::settings::TidepoolOptions::default());
-        config
-            .options_mut()
-            .extensions
-            .get_mut::<crate::settings::TidepoolOptions>()
-            .unwrap()
-            .single_phase_event_aggregates = single_phase;
-        let mut state = SessionStateBuilder::new()
-            .with_config(config)
-            .with_default_features()
-            .with_physical_optimizer_rule(Arc::new(SinglePhaseEventAggregates))
-            .build();
-        crate::register_all(&mut state).unwrap();
-        let ctx = SessionContext::new_with_state(state);
+        let ctx = crate::test_session::session(
+            SessionConfig::new().with_target_partitions(2),
+            |o| o.single_phase_event_aggregates = single_phase,
+            |b| b.with_physical_optimizer_rule(Arc::new(SinglePhaseEventAggregates)),
+        );
         let schema = Arc::new(Schema::new(vec![
             Field::new("p", DataType::Int64, false),
             Field::new(

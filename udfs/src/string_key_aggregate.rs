@@ -445,23 +445,13 @@ mod tests {
     }
 
     async fn session(key_type: DataType, partitions: usize, on: bool) -> SessionContext {
-        let mut config = SessionConfig::new()
-            .with_target_partitions(partitions)
-            .with_batch_size(64)
-            .with_option_extension(crate::settings::TidepoolOptions::default());
-        config
-            .options_mut()
-            .extensions
-            .get_mut::<crate::settings::TidepoolOptions>()
-            .unwrap()
-            .string_key_aggregation = on;
-        let mut state = SessionStateBuilder::new()
-            .with_config(config)
-            .with_default_features()
-            .with_physical_optimizer_rule(Arc::new(StringKeyAggregates))
-            .build();
-        crate::register_all(&mut state).unwrap();
-        let ctx = SessionContext::new_with_state(state);
+        let ctx = crate::test_session::session(
+            SessionConfig::new()
+                .with_target_partitions(partitions)
+                .with_batch_size(64),
+            |o| o.string_key_aggregation = on,
+            |b| b.with_physical_optimizer_rule(Arc::new(StringKeyAggregates)),
+        );
         let schema = Arc::new(Schema::new(vec![
             Field::new("k", key_type.clone(), true),
             Field::new("ts", DataType::Int64, false),
