@@ -6,10 +6,10 @@
 //! with hundreds of thousands of people each lookup costs two or three cache misses.
 //! Here a key of at most 15 bytes is packed with its length into one `u128` that is the
 //! table slot itself (open addressing, linear probing, at most half full), so a lookup
-//! is usually one cache line, and the lines for the rows a few ahead are prefetched
-//! while the current row is looked up. Longer keys keep their bytes in a buffer and
-//! compare them there. A row whose key equals the previous row's reuses its group
-//! without a lookup, which on data sorted by person skips nearly every probe.
+//! is usually one cache line. A batch is first cut into runs of rows with equal keys
+//! (one person's rows, on data sorted by person), each looked up once, and the lines
+//! for the runs a few ahead are prefetched while the current one is looked up. Longer
+//! keys keep their bytes in a buffer and compare them there.
 
 use datafusion::arrow::array::{
     Array, ArrayRef, GenericStringArray, LargeStringArray, OffsetSizeTrait, StringArray,
@@ -27,7 +27,7 @@ const LONG_MARK: u128 = 0xFF << 120;
 /// No key packs to this value (a long key's bits 64..120 are zero), so it marks an
 /// empty slot, and "no previous row".
 const NO_KEY: u128 = u128::MAX;
-/// How many rows ahead the table lines are prefetched.
+/// How many runs of equal keys ahead the table lines are prefetched.
 const PREFETCH_AHEAD: usize = 16;
 
 /// One table slot: a whole cache line holds two, and none straddles two lines.
@@ -56,8 +56,15 @@ pub struct StringKeyMap {
     ends: Vec<usize>,
     null_group: Option<usize>,
     seeds: [u64; 2],
-    /// The current batch's keys and hashes (kept to reuse the allocation).
-    scratch: Vec<(u128, u64)>,
+    /// The current batch's runs (kept to reuse the allocation).
+    scratch: Vec<Run>,
+}
+
+/// Rows of a batch in a row with the same key, up to row `end` (exclusive).
+struct Run {
+    key: u128,
+    hash: u64,
+    end: u32,
 }
 
 impl Default for StringKeyMap {
@@ -166,7 +173,7 @@ impl StringKeyMap {
         self.slots.capacity() * std::mem::size_of::<Slot>()
             + self.bytes.capacity()
             + self.ends.capacity() * std::mem::size_of::<usize>()
-            + self.scratch.capacity() * std::mem::size_of::<(u128, u64)>()
+            + self.scratch.capacity() * std::mem::size_of::<Run>()
     }
 
     #[inline]
@@ -312,66 +319,70 @@ impl StringKeyMap {
         }
     }
 
-    /// Pass 1: each row's packed key and hash (`NO_KEY` for NULL, `LONG_MARK` for a
-    /// long key), so that pass 2 can prefetch the slots of the rows ahead.
+    /// Pass 1: the batch as runs of equal keys, each with its packed key (`NO_KEY` for
+    /// NULL, `LONG_MARK` for a long key, which is a run of its own), its hash and the row
+    /// after it, so that pass 2 can prefetch the slots of the runs ahead.
     fn pack_views(&mut self, keys: &StringViewArray) {
-        let mut scratch = std::mem::take(&mut self.scratch);
-        scratch.clear();
+        let mut runs = std::mem::take(&mut self.scratch);
+        runs.clear();
         let nulls = keys.logical_nulls();
-        let (mut last_key, mut last_hash) = (NO_KEY, 0);
         for (i, &view) in keys.views().iter().enumerate() {
-            if nulls.as_ref().is_some_and(|n| n.is_null(i)) {
-                scratch.push((NO_KEY, 0));
-                continue;
-            }
-            let len = view as u32 as usize;
-            let key = if len <= 12 {
-                // The view holds the bytes itself, after the 4-byte length; mask off
-                // anything past the key so that equal keys pack equally.
-                let data = (view >> 32) & ((1u128 << (len * 8)) - 1);
-                data | ((len as u128) << 120)
-            } else if len <= MAX_PACKED {
-                pack_9_to_15(keys.value(i).as_bytes())
+            let key = if nulls.as_ref().is_some_and(|n| n.is_null(i)) {
+                NO_KEY
             } else {
-                scratch.push((LONG_MARK, 0));
-                continue;
+                let len = view as u32 as usize;
+                if len <= 12 {
+                    // The view holds the bytes itself, after the 4-byte length; mask off
+                    // anything past the key so that equal keys pack equally.
+                    let data = (view >> 32) & ((1u128 << (len * 8)) - 1);
+                    data | ((len as u128) << 120)
+                } else if len <= MAX_PACKED {
+                    pack_9_to_15(keys.value(i).as_bytes())
+                } else {
+                    LONG_MARK
+                }
             };
-            if key != last_key {
-                last_key = key;
-                last_hash = self.hash_packed(key);
+            match runs.last_mut() {
+                Some(run) if run.key == key && key != LONG_MARK => run.end = i as u32 + 1,
+                _ => {
+                    let hash = if key == NO_KEY || key == LONG_MARK {
+                        0
+                    } else {
+                        self.hash_packed(key)
+                    };
+                    runs.push(Run {
+                        key,
+                        hash,
+                        end: i as u32 + 1,
+                    });
+                }
             }
-            scratch.push((key, last_hash));
         }
-        self.scratch = scratch;
+        self.scratch = runs;
     }
 
     fn intern_views(&mut self, keys: &StringViewArray, groups: &mut Vec<usize>) -> Result<()> {
         self.pack_views(keys);
-        let scratch = std::mem::take(&mut self.scratch);
-        let (mut last_key, mut last_group) = (NO_KEY, 0);
-        for (i, &(key, hash)) in scratch.iter().enumerate() {
-            // Only where the key changes: on data sorted by person, the rows ahead are
-            // mostly the current person's.
-            if let Some(&(ahead, hash)) = scratch.get(i + PREFETCH_AHEAD) {
-                if ahead != scratch[i + PREFETCH_AHEAD - 1].0 {
-                    prefetch(&self.slots[self.home(hash)]);
-                }
+        let runs = std::mem::take(&mut self.scratch);
+        let mut start = 0;
+        for (r, run) in runs.iter().enumerate() {
+            // Runs, not rows, ahead: on data sorted by person a run is one person's rows,
+            // and a few rows ahead would still be the current person.
+            if let Some(ahead) = runs.get(r + PREFETCH_AHEAD) {
+                prefetch(&self.slots[self.home(ahead.hash)]);
             }
-            let group = if key == NO_KEY {
+            let group = if run.key == NO_KEY {
                 self.null()?
-            } else if key == LONG_MARK {
-                last_key = NO_KEY;
-                self.intern_long(keys.value(i).as_bytes())?
-            } else if key == last_key {
-                last_group
+            } else if run.key == LONG_MARK {
+                self.intern_long(keys.value(start).as_bytes())?
             } else {
-                last_key = key;
-                last_group = self.intern_packed(key, hash)?;
-                last_group
+                self.intern_packed(run.key, run.hash)?
             };
-            groups.push(group);
+            let end = run.end as usize;
+            groups.extend(std::iter::repeat_n(group, end - start));
+            start = end;
         }
-        self.scratch = scratch;
+        self.scratch = runs;
         Ok(())
     }
 
