@@ -61,10 +61,10 @@ impl<T: Copy> GroupedEvents<T> {
     /// where a comparison sort of the whole buffer would not be.
     pub fn sort_by_key<K: Ord>(&mut self, key: impl Fn(&T) -> K + Copy) {
         let entries = &mut self.entries;
-        let in_order = entries
-            .windows(2)
-            .all(|w| (w[0].0, key(&w[0].1)) <= (w[1].0, key(&w[1].1)));
-        if in_order {
+        // Groups already in order (data sorted by person, or a final phase whose rows
+        // are new groups) need no counting sort, only their runs looked at.
+        if entries.windows(2).all(|w| w[0].0 <= w[1].0) {
+            sort_runs(entries, key);
             return;
         }
         let mut starts = vec![0usize; self.groups + 1];
@@ -80,12 +80,7 @@ impl<T: Copy> GroupedEvents<T> {
             sorted[next[e.0 as usize]] = *e;
             next[e.0 as usize] += 1;
         }
-        for g in 0..self.groups {
-            let run = &mut sorted[starts[g]..starts[g + 1]];
-            if !run.is_sorted_by_key(|e| key(&e.1)) {
-                run.sort_unstable_by_key(|e| key(&e.1));
-            }
-        }
+        sort_runs(&mut sorted, key);
         *entries = sorted;
     }
 
@@ -126,6 +121,15 @@ impl<T: Copy> GroupedEvents<T> {
     pub fn size(&self) -> usize {
         self.entries.capacity() * std::mem::size_of::<(u32, T)>()
             + self.last.capacity() * std::mem::size_of::<u64>()
+    }
+}
+
+/// Sort each group's run of `entries` (already in group order) by `key`, where needed.
+fn sort_runs<T, K: Ord>(entries: &mut [(u32, T)], key: impl Fn(&T) -> K + Copy) {
+    for run in entries.chunk_by_mut(|a, b| a.0 == b.0) {
+        if !run.is_sorted_by_key(|e| key(&e.1)) {
+            run.sort_unstable_by_key(|e| key(&e.1));
+        }
     }
 }
 
@@ -406,6 +410,20 @@ mod tests {
         assert_eq!((first, n), (vec![(0, 1), (0, 3), (1, 9)], 2));
         let (rest, n) = g.take(EmitTo::All, |v| *v);
         assert_eq!((rest, n), (vec![(0, 1), (0, 3), (0, 5)], 1));
+    }
+
+    #[test]
+    fn groups_in_order_only_have_their_runs_sorted() {
+        let mut g = GroupedEvents::default();
+        g.saw_groups(3);
+        for (group, v) in [(0, 3), (0, 1), (1, 9), (2, 5), (2, 1), (2, 3)] {
+            g.push(group, v);
+        }
+        g.sort_by_key(|v| *v);
+        assert_eq!(
+            g.entries(),
+            &[(0, 1), (0, 3), (1, 9), (2, 1), (2, 3), (2, 5)]
+        );
     }
 
     #[test]
