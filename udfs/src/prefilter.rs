@@ -14,7 +14,11 @@
 //! NULL for every such fixed answer, no row where every condition is false can change
 //! the result, so the rule adds `WHERE a OR b` below the aggregation: the grouping (the
 //! costly part, a hash of every row's person key) then sees only the rows that matter,
-//! as a hand-written query would. Everything else is left alone: other aggregates in
+//! as a hand-written query would. A whole-table total above the aggregation that an
+//! unmatched group adds nothing to (`sum(c)` where c is 0 for it, `count(*) FILTER
+//! (WHERE c > 0)`) gets the same filter; a sum over no groups at all would then be NULL
+//! where it was 0, so that case is told apart by reading one input row.
+//! Everything else is left alone: other aggregates in
 //! the same aggregation, DISTINCT, FILTER or ORDER BY clauses, grouping sets, volatile
 //! conditions, or a filter that an unmatched group could pass.
 //! `SET tidepool.prefilter_condition_rows = false` switches it off.
@@ -27,10 +31,13 @@ use datafusion::arrow::buffer::OffsetBuffer;
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{Column, DFSchemaRef};
 use datafusion::error::Result;
+use datafusion::functions_aggregate::expr_fn::count;
 use datafusion::logical_expr::expr::AggregateFunction;
 use datafusion::logical_expr::simplify::SimplifyContext;
 use datafusion::logical_expr::utils::{disjunction, split_conjunction};
-use datafusion::logical_expr::{lit, Aggregate, Expr, Filter, LogicalPlan, Projection};
+use datafusion::logical_expr::{
+    col, lit, when, Aggregate, Expr, Filter, LogicalPlan, LogicalPlanBuilder, Projection,
+};
 use datafusion::optimizer::optimizer::ApplyOrder;
 use datafusion::optimizer::simplify_expressions::ExprSimplifier;
 use datafusion::optimizer::{OptimizerConfig, OptimizerRule};
@@ -168,6 +175,221 @@ fn simplify(expr: Expr, schema: &DFSchemaRef, config: &dyn OptimizerConfig) -> R
     ExprSimplifier::new(context).simplify(expr)
 }
 
+/// For a per-person aggregation whose every aggregate is one this rule knows: each
+/// aggregate column's answer for an unmatched group, and the rows any condition keeps.
+fn unmatched_answers(agg: &Aggregate) -> Option<(HashMap<Column, Expr>, Expr)> {
+    if agg.group_expr.is_empty()
+        || agg.aggr_expr.is_empty()
+        || agg
+            .group_expr
+            .iter()
+            .any(|g| matches!(g, Expr::GroupingSet(_)))
+    {
+        return None;
+    }
+    let mut answers = HashMap::new();
+    let mut conditions: Vec<Expr> = vec![];
+    for (e, column) in agg.aggr_expr.iter().zip(aggregate_columns(agg)) {
+        let call = match e {
+            Expr::Alias(a) => a.expr.as_ref(),
+            e => e,
+        };
+        let Expr::AggregateFunction(call) = call else {
+            return None;
+        };
+        let (answer, conds) = unmatched_answer(call)?;
+        if conds.is_empty() || conds.iter().any(|c| c.is_volatile()) {
+            return None;
+        }
+        answers.insert(column, lit(answer));
+        for c in conds {
+            if !conditions.contains(c) {
+                conditions.push(c.clone());
+            }
+        }
+    }
+    Some((answers, disjunction(conditions)?))
+}
+
+/// `agg` reading only the rows `rows` keeps, unless it already does.
+fn prefiltered_aggregate(agg: &Aggregate, rows: Expr) -> Result<Option<LogicalPlan>> {
+    if already_filtered(&agg.input, &rows) {
+        return Ok(None);
+    }
+    let input = LogicalPlan::Filter(Filter::try_new(rows, Arc::clone(&agg.input))?);
+    Ok(Some(LogicalPlan::Aggregate(
+        Aggregate::try_new_with_schema(
+            Arc::new(input),
+            agg.group_expr.clone(),
+            agg.aggr_expr.clone(),
+            Arc::clone(&agg.schema),
+        )?,
+    )))
+}
+
+/// How an aggregate over the per-person rows treats a person with no matching row.
+enum OuterAggregate {
+    /// It ignores that row, whatever the other rows are.
+    Ignores,
+    /// A sum that adds 0 for it: over no rows at all the sum would be NULL where it was
+    /// 0, so NULL becomes 0 again when the per-person input had any row.
+    AddsZero(ScalarValue),
+}
+
+/// `call` (over the per-person rows, written over `agg`'s columns by `to_inner`) with
+/// an unmatched person's answers in `answers`, if it is a count or sum that such a
+/// person cannot change.
+fn outer_aggregate(
+    call: &Expr,
+    to_inner: &dyn Fn(Expr) -> Result<Option<Expr>>,
+    answers: &HashMap<Column, Expr>,
+    schema: &DFSchemaRef,
+    config: &dyn OptimizerConfig,
+) -> Result<Option<OuterAggregate>> {
+    let call = match call {
+        Expr::Alias(a) => a.expr.as_ref(),
+        e => e,
+    };
+    let Expr::AggregateFunction(call) = call else {
+        return Ok(None);
+    };
+    let p = &call.params;
+    if p.distinct || !p.order_by.is_empty() || p.args.len() != 1 {
+        return Ok(None);
+    }
+    // An expression over the per-person row, evaluated for an unmatched person.
+    let unmatched = |e: &Expr| -> Result<Option<Expr>> {
+        let Some(e) = to_inner(e.clone())? else {
+            return Ok(None);
+        };
+        Ok(Some(simplify(
+            replace_columns(e, answers)?,
+            schema,
+            config,
+        )?))
+    };
+    if let Some(filter) = &p.filter {
+        match unmatched(filter)? {
+            Some(f) if is_false_or_null(&f) => return Ok(Some(OuterAggregate::Ignores)),
+            Some(_) => {}
+            None => return Ok(None),
+        }
+    }
+    let Some(arg) = unmatched(&p.args[0])? else {
+        return Ok(None);
+    };
+    Ok(match (call.func.name(), arg) {
+        ("count", Expr::Literal(v, _)) if v.is_null() => Some(OuterAggregate::Ignores),
+        ("sum", Expr::Literal(v, _))
+            if !v.is_null() && v == ScalarValue::new_zero(&v.data_type())? =>
+        {
+            Some(OuterAggregate::AddsZero(v))
+        }
+        _ => None,
+    })
+}
+
+impl PrefilterConditionRows {
+    /// `WHERE` / `HAVING` above the per-person aggregation.
+    fn below_filter(
+        &self,
+        filter: &Filter,
+        config: &dyn OptimizerConfig,
+    ) -> Result<Option<LogicalPlan>> {
+        let Some((agg, predicate)) = aggregate_below(&filter.input, filter.predicate.clone())?
+        else {
+            return Ok(None);
+        };
+        let Some((answers, rows)) = unmatched_answers(agg) else {
+            return Ok(None);
+        };
+        // The filter, for a group where no condition held anywhere: if it can pass, the
+        // unmatched rows decide which groups exist and must stay.
+        let unmatched = replace_columns(predicate, &answers)?;
+        if !is_false_or_null(&simplify(unmatched, &agg.schema, config)?) {
+            return Ok(None);
+        }
+        let Some(new_agg) = prefiltered_aggregate(agg, rows)? else {
+            return Ok(None);
+        };
+        let below = with_new_aggregate(&filter.input, new_agg)?;
+        Ok(Some(LogicalPlan::Filter(Filter::try_new(
+            filter.predicate.clone(),
+            Arc::new(below),
+        )?)))
+    }
+
+    /// A whole-table aggregate over the per-person rows (`SELECT sum(c), count(*)
+    /// FILTER (WHERE c > 0) FROM (... GROUP BY person)`) whose every aggregate ignores
+    /// an unmatched person.
+    fn below_total(
+        &self,
+        outer: &Aggregate,
+        config: &dyn OptimizerConfig,
+    ) -> Result<Option<LogicalPlan>> {
+        if !outer.group_expr.is_empty() || outer.aggr_expr.is_empty() {
+            return Ok(None);
+        }
+        let Some((agg, _)) = aggregate_below(&outer.input, lit(true))? else {
+            return Ok(None);
+        };
+        let Some((answers, rows)) = unmatched_answers(agg) else {
+            return Ok(None);
+        };
+        let to_inner = |e: Expr| -> Result<Option<Expr>> {
+            Ok(aggregate_below(&outer.input, e)?.map(|(_, e)| e))
+        };
+        let mut kinds = vec![];
+        for call in &outer.aggr_expr {
+            match outer_aggregate(call, &to_inner, &answers, &agg.schema, config)? {
+                Some(kind) => kinds.push(kind),
+                None => return Ok(None),
+            }
+        }
+        let Some(new_agg) = prefiltered_aggregate(agg, rows)? else {
+            return Ok(None);
+        };
+        let new_outer = LogicalPlan::Aggregate(Aggregate::try_new_with_schema(
+            Arc::new(with_new_aggregate(&outer.input, new_agg)?),
+            vec![],
+            outer.aggr_expr.clone(),
+            Arc::clone(&outer.schema),
+        )?);
+        if kinds.iter().all(|k| matches!(k, OuterAggregate::Ignores)) {
+            return Ok(Some(new_outer));
+        }
+        // Whether the per-person input had any row: one row read, not a second scan.
+        const ANY: &str = "__tidepool_any_rows";
+        let any_rows = LogicalPlanBuilder::from(agg.input.as_ref().clone())
+            .limit(0, Some(1))?
+            .aggregate(Vec::<Expr>::new(), vec![count(lit(1)).alias(ANY)])?
+            .build()?;
+        let joined = LogicalPlanBuilder::from(new_outer)
+            .cross_join(any_rows)?
+            .build()?;
+        let exprs = kinds
+            .iter()
+            .enumerate()
+            .map(|(i, kind)| {
+                let (qualifier, field) = outer.schema.qualified_field(i);
+                let column = Expr::Column(Column::from((qualifier, field)));
+                let value = match kind {
+                    OuterAggregate::Ignores => column,
+                    OuterAggregate::AddsZero(zero) => when(
+                        column.clone().is_null().and(col(ANY).gt(lit(0i64))),
+                        lit(zero.clone()),
+                    )
+                    .otherwise(column)?,
+                };
+                Ok(value.alias_qualified(qualifier.cloned(), field.name()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Some(LogicalPlan::Projection(
+            Projection::try_new_with_schema(exprs, Arc::new(joined), Arc::clone(&outer.schema))?,
+        )))
+    }
+}
+
 impl OptimizerRule for PrefilterConditionRows {
     fn name(&self) -> &str {
         "prefilter_condition_rows"
@@ -187,70 +409,18 @@ impl OptimizerRule for PrefilterConditionRows {
             .extensions
             .get::<crate::settings::TidepoolOptions>()
             .is_none_or(|o| o.prefilter_condition_rows);
-        let LogicalPlan::Filter(filter) = &plan else {
-            return Ok(Transformed::no(plan));
-        };
         if !on {
             return Ok(Transformed::no(plan));
         }
-        let Some((agg, predicate)) = aggregate_below(&filter.input, filter.predicate.clone())?
-        else {
-            return Ok(Transformed::no(plan));
+        let rewritten = match &plan {
+            LogicalPlan::Filter(filter) => self.below_filter(filter, config)?,
+            LogicalPlan::Aggregate(outer) => self.below_total(outer, config)?,
+            _ => None,
         };
-        if agg.group_expr.is_empty()
-            || agg.aggr_expr.is_empty()
-            || agg
-                .group_expr
-                .iter()
-                .any(|g| matches!(g, Expr::GroupingSet(_)))
-        {
-            return Ok(Transformed::no(plan));
-        }
-        let mut answers = HashMap::new();
-        let mut conditions: Vec<Expr> = vec![];
-        for (e, column) in agg.aggr_expr.iter().zip(aggregate_columns(agg)) {
-            let call = match e {
-                Expr::Alias(a) => a.expr.as_ref(),
-                e => e,
-            };
-            let Expr::AggregateFunction(call) = call else {
-                return Ok(Transformed::no(plan));
-            };
-            let Some((answer, conds)) = unmatched_answer(call) else {
-                return Ok(Transformed::no(plan));
-            };
-            if conds.is_empty() || conds.iter().any(|c| c.is_volatile()) {
-                return Ok(Transformed::no(plan));
-            }
-            answers.insert(column, lit(answer));
-            for c in conds {
-                if !conditions.contains(c) {
-                    conditions.push(c.clone());
-                }
-            }
-        }
-        // The filter, for a group where no condition held anywhere: if it can pass, the
-        // unmatched rows decide which groups exist and must stay.
-        let unmatched = replace_columns(predicate, &answers)?;
-        if !is_false_or_null(&simplify(unmatched, &agg.schema, config)?) {
-            return Ok(Transformed::no(plan));
-        }
-        let rows = disjunction(conditions).expect("at least one condition");
-        if already_filtered(&agg.input, &rows) {
-            return Ok(Transformed::no(plan));
-        }
-        let input = LogicalPlan::Filter(Filter::try_new(rows, Arc::clone(&agg.input))?);
-        let new_agg = LogicalPlan::Aggregate(Aggregate::try_new_with_schema(
-            Arc::new(input),
-            agg.group_expr.clone(),
-            agg.aggr_expr.clone(),
-            Arc::clone(&agg.schema),
-        )?);
-        let below = with_new_aggregate(&filter.input, new_agg)?;
-        Ok(Transformed::yes(LogicalPlan::Filter(Filter::try_new(
-            filter.predicate.clone(),
-            Arc::new(below),
-        )?)))
+        Ok(match rewritten {
+            Some(new) => Transformed::yes(new),
+            None => Transformed::no(plan),
+        })
     }
 }
 
@@ -335,7 +505,7 @@ mod tests {
         })
     }
 
-    const FIRES: [&str; 7] = [
+    const FIRES: [&str; 12] = [
         "SELECT count(*) FROM (SELECT sequence_match('(?1).*(?2)', ts, e = 'b', e = 'c') AS m FROM t GROUP BY p) WHERE m",
         "SELECT p FROM t GROUP BY p HAVING sequence_match('(?1)(?t<=900)(?2)', ts, e = 'b', e = 'd') ORDER BY p",
         "SELECT p, sequence_count('(?1)(?2)', ts, e = 'c', e = 'b') AS n FROM t GROUP BY p HAVING sequence_count('(?1)(?2)', ts, e = 'c', e = 'b') > 1 ORDER BY p",
@@ -343,9 +513,17 @@ mod tests {
         "SELECT p FROM t GROUP BY p HAVING window_funnel(600, 'strict_once', ts, e = 'b', e = 'c') = 2 AND sequence_match('(?1).*(?2)', ts, e = 'd', e = 'b') ORDER BY p",
         "SELECT p, r FROM (SELECT p, retention(e = 'c', e = 'd', e = 'e') AS r FROM t GROUP BY p) WHERE r[1] = 1 ORDER BY p",
         "SELECT count(*) FROM (SELECT p, sequence_match('(?1)', ts, e = 'e') AS m FROM t GROUP BY p) WHERE m AND p > 10",
+        // Totals over every person that an unmatched person adds nothing to.
+        "SELECT sum(c) AS matches, count(*) FILTER (WHERE c > 0) AS people FROM (SELECT sequence_count('(?1).*(?2)', ts, e = 'b', e = 'c') AS c FROM t GROUP BY p)",
+        "SELECT count(*) FILTER (WHERE l >= 2), count(*) FILTER (WHERE m AND p > 5), sum(l * 2) FROM (SELECT p, window_funnel(600, '', ts, e = 'b', e = 'c', e = 'd') AS l, sequence_match('(?1)', ts, e = 'e') AS m FROM t GROUP BY p)",
+        "SELECT count(CASE WHEN r[2] = 1 THEN p END) FROM (SELECT p, retention(e = 'c', e = 'd') AS r FROM t GROUP BY p)",
+        // Nobody matches: the sum over every person is 0, not NULL.
+        "SELECT sum(c), count(*) FILTER (WHERE c > 0) FROM (SELECT sequence_count('(?1)', ts, e = 'zzz') AS c FROM t GROUP BY p)",
+        // Nobody at all: NULL.
+        "SELECT sum(c), count(*) FILTER (WHERE c > 0) FROM (SELECT sequence_count('(?1)', ts, e = 'b') AS c FROM t WHERE p < 0 GROUP BY p)",
     ];
 
-    const LEFT_ALONE: [&str; 6] = [
+    const LEFT_ALONE: [&str; 12] = [
         // An unmatched group passes these filters, or is counted.
         "SELECT count(*) FROM (SELECT sequence_match('(?1).*(?2)', ts, e = 'b', e = 'c') AS m FROM t GROUP BY p) WHERE NOT m",
         "SELECT count(*) FROM (SELECT p, sequence_match('(?1)', ts, e = 'e') AS m FROM t GROUP BY p) WHERE m OR p > 30",
@@ -355,6 +533,13 @@ mod tests {
         // count(*) sees every row.
         "SELECT p, count(*) FROM t GROUP BY p HAVING sequence_match('(?1)', ts, e = 'e') ORDER BY p",
         "SELECT p FROM t GROUP BY p HAVING sequence_match('(?1)', ts, e = 'e' OR random() < 0.0) ORDER BY p",
+        // Totals that an unmatched person changes.
+        "SELECT count(*), sum(c) FROM (SELECT sequence_count('(?1)', ts, e = 'b') AS c FROM t GROUP BY p)",
+        "SELECT sum(c + 1) FROM (SELECT sequence_count('(?1)', ts, e = 'b') AS c FROM t GROUP BY p)",
+        "SELECT max(c), min(c) FROM (SELECT sequence_count('(?1)', ts, e = 'b') AS c FROM t GROUP BY p)",
+        "SELECT avg(c) FROM (SELECT sequence_count('(?1)', ts, e = 'b') AS c FROM t GROUP BY p)",
+        "SELECT count(DISTINCT c) FROM (SELECT sequence_count('(?1)', ts, e = 'b') AS c FROM t GROUP BY p)",
+        "SELECT count(*) FILTER (WHERE NOT m) FROM (SELECT sequence_match('(?1)', ts, e = 'b') AS m FROM t GROUP BY p)",
     ];
 
     #[tokio::test]
