@@ -17,7 +17,8 @@
 //! as a hand-written query would. A whole-table total above the aggregation that an
 //! unmatched group adds nothing to (`sum(c)` where c is 0 for it, `count(*) FILTER
 //! (WHERE c > 0)`) gets the same filter; a sum over no groups at all would then be NULL
-//! where it was 0, so that case is told apart by reading one input row.
+//! where it was 0, so that case is told apart by reading one input row. Conditions
+//! that are ranges of one expression and overlap or touch are OR'ed as one range.
 //! Everything else is left alone: other aggregates in
 //! the same aggregation, DISTINCT, FILTER or ORDER BY clauses, grouping sets, volatile
 //! conditions, or a filter that an unmatched group could pass.
@@ -109,20 +110,27 @@ fn replace_columns(expr: Expr, columns: &HashMap<Column, Expr>) -> Result<Expr> 
     .map(|t| t.data)
 }
 
-/// Whether `predicate` is already a conjunct of a filter at the top of `plan` (or of
-/// its table scan's filters): the rule has run here before.
+/// Whether every conjunct of `predicate` is already a conjunct of the filters at the top
+/// of `plan` (or of its table scan's filters): the rule has run here before, and other
+/// rules may since have split the predicate or pushed it into the scan.
 fn already_filtered(plan: &LogicalPlan, predicate: &Expr) -> bool {
-    match plan {
-        LogicalPlan::Filter(f) => {
-            split_conjunction(&f.predicate).contains(&predicate)
-                || already_filtered(&f.input, predicate)
+    fn applied<'a>(plan: &'a LogicalPlan, out: &mut Vec<&'a Expr>) {
+        match plan {
+            LogicalPlan::Filter(f) => {
+                out.extend(split_conjunction(&f.predicate));
+                applied(&f.input, out);
+            }
+            LogicalPlan::TableScan(s) => {
+                out.extend(s.filters.iter().flat_map(split_conjunction));
+            }
+            _ => {}
         }
-        LogicalPlan::TableScan(s) => s
-            .filters
-            .iter()
-            .any(|f| f == predicate || split_conjunction(f).contains(&predicate)),
-        _ => false,
     }
+    let mut filters = vec![];
+    applied(plan, &mut filters);
+    split_conjunction(predicate)
+        .iter()
+        .all(|c| filters.contains(c))
 }
 
 fn is_false_or_null(e: &Expr) -> bool {
@@ -175,6 +183,130 @@ fn simplify(expr: Expr, schema: &DFSchemaRef, config: &dyn OptimizerConfig) -> R
     ExprSimplifier::new(context).simplify(expr)
 }
 
+/// One end of a range condition: the bound and whether it is included.
+type Bound = (ScalarValue, bool);
+
+/// `e` as `x >= lo AND x < hi` (either end included or not, either order), if it is
+/// one.
+fn as_range(e: &Expr) -> Option<(Expr, Bound, Bound)> {
+    use datafusion::logical_expr::{BinaryExpr, Operator};
+    let Expr::BinaryExpr(BinaryExpr {
+        left,
+        op: Operator::And,
+        right,
+    }) = e
+    else {
+        return None;
+    };
+    // One side of the range: (x, bound, is_lower).
+    let side = |e: &Expr| -> Option<(Expr, Bound, bool)> {
+        let Expr::BinaryExpr(BinaryExpr { left, op, right }) = e else {
+            return None;
+        };
+        let (x, v, op) = match (left.as_ref(), right.as_ref()) {
+            (x, Expr::Literal(v, _)) => (x, v, *op),
+            (Expr::Literal(v, _), x) => (x, v, op.swap()?),
+            _ => return None,
+        };
+        if v.is_null() || matches!(x, Expr::Literal(..)) {
+            return None;
+        }
+        let (inclusive, lower) = match op {
+            Operator::GtEq => (true, true),
+            Operator::Gt => (false, true),
+            Operator::LtEq => (true, false),
+            Operator::Lt => (false, false),
+            _ => return None,
+        };
+        Some((x.clone(), (v.clone(), inclusive), lower))
+    };
+    let (a, b) = (side(left)?, side(right)?);
+    let (lo, hi) = match (a.2, b.2) {
+        (true, false) => (a, b),
+        (false, true) => (b, a),
+        _ => return None,
+    };
+    (lo.0 == hi.0 && lo.1 .0.data_type() == hi.1 .0.data_type()).then(|| (lo.0, lo.1, hi.1))
+}
+
+/// `conditions` (to be OR'ed) with ranges over the same expression that overlap or
+/// touch made one: a retention query's "day 1", "day 2", ... become one range, so the
+/// rows are filtered with two comparisons instead of two per day.
+fn merge_ranges(conditions: Vec<Expr>) -> Vec<Expr> {
+    use std::cmp::Ordering;
+    let mut others = vec![];
+    let mut ranges: Vec<(Expr, Bound, Bound)> = vec![];
+    for c in conditions {
+        match as_range(&c) {
+            Some(r) => ranges.push(r),
+            None => others.push(c),
+        }
+    }
+    // By expression, then by lower bound; bounds of one expression share a type.
+    let mut merged: Vec<(Expr, Bound, Bound)> = vec![];
+    while !ranges.is_empty() {
+        let x = ranges[0].0.clone();
+        let (mut same, rest): (Vec<_>, Vec<_>) = ranges.into_iter().partition(|r| r.0 == x);
+        ranges = rest;
+        if same
+            .iter()
+            .any(|r| r.1 .0.data_type() != same[0].1 .0.data_type())
+        {
+            merged.extend(same);
+            continue;
+        }
+        // An included lower bound sorts before an excluded one at the same value.
+        let lower_order = |a: &Bound, b: &Bound| -> Option<Ordering> {
+            Some(a.0.partial_cmp(&b.0)?.then(b.1.cmp(&a.1)))
+        };
+        if same
+            .windows(2)
+            .any(|w| lower_order(&w[0].1, &w[1].1).is_none())
+        {
+            merged.extend(same);
+            continue;
+        }
+        same.sort_by(|a, b| lower_order(&a.1, &b.1).unwrap_or(Ordering::Equal));
+        let mut current = same.remove(0);
+        for next in same {
+            // Overlapping, or touching with the shared value in one of them.
+            let joins = match next.1 .0.partial_cmp(&current.2 .0) {
+                Some(Ordering::Less) => true,
+                Some(Ordering::Equal) => next.1 .1 || current.2 .1,
+                _ => false,
+            };
+            if !joins {
+                merged.push(std::mem::replace(&mut current, next));
+                continue;
+            }
+            match next.2 .0.partial_cmp(&current.2 .0) {
+                Some(Ordering::Greater) => current.2 = next.2,
+                Some(Ordering::Equal) => current.2 .1 |= next.2 .1,
+                Some(Ordering::Less) => {}
+                None => {
+                    merged.push(std::mem::replace(&mut current, next));
+                }
+            }
+        }
+        merged.push(current);
+    }
+    let range = |(x, lo, hi): (Expr, Bound, Bound)| {
+        let lower = if lo.1 {
+            x.clone().gt_eq(lit(lo.0))
+        } else {
+            x.clone().gt(lit(lo.0))
+        };
+        let upper = if hi.1 {
+            x.lt_eq(lit(hi.0))
+        } else {
+            x.lt(lit(hi.0))
+        };
+        lower.and(upper)
+    };
+    others.extend(merged.into_iter().map(range));
+    others
+}
+
 /// For a per-person aggregation whose every aggregate is one this rule knows: each
 /// aggregate column's answer for an unmatched group, and the rows any condition keeps.
 fn unmatched_answers(agg: &Aggregate) -> Option<(HashMap<Column, Expr>, Expr)> {
@@ -208,7 +340,7 @@ fn unmatched_answers(agg: &Aggregate) -> Option<(HashMap<Column, Expr>, Expr)> {
             }
         }
     }
-    Some((answers, disjunction(conditions)?))
+    Some((answers, disjunction(merge_ranges(conditions))?))
 }
 
 /// `agg` reading only the rows `rows` keeps, unless it already does.
@@ -505,7 +637,7 @@ mod tests {
         })
     }
 
-    const FIRES: [&str; 12] = [
+    const FIRES: [&str; 13] = [
         "SELECT count(*) FROM (SELECT sequence_match('(?1).*(?2)', ts, e = 'b', e = 'c') AS m FROM t GROUP BY p) WHERE m",
         "SELECT p FROM t GROUP BY p HAVING sequence_match('(?1)(?t<=900)(?2)', ts, e = 'b', e = 'd') ORDER BY p",
         "SELECT p, sequence_count('(?1)(?2)', ts, e = 'c', e = 'b') AS n FROM t GROUP BY p HAVING sequence_count('(?1)(?2)', ts, e = 'c', e = 'b') > 1 ORDER BY p",
@@ -517,6 +649,7 @@ mod tests {
         "SELECT sum(c) AS matches, count(*) FILTER (WHERE c > 0) AS people FROM (SELECT sequence_count('(?1).*(?2)', ts, e = 'b', e = 'c') AS c FROM t GROUP BY p)",
         "SELECT count(*) FILTER (WHERE l >= 2), count(*) FILTER (WHERE m AND p > 5), sum(l * 2) FROM (SELECT p, window_funnel(600, '', ts, e = 'b', e = 'c', e = 'd') AS l, sequence_match('(?1)', ts, e = 'e') AS m FROM t GROUP BY p)",
         "SELECT count(CASE WHEN r[2] = 1 THEN p END) FROM (SELECT p, retention(e = 'c', e = 'd') AS r FROM t GROUP BY p)",
+        "SELECT sum(r[1]), sum(r[2]), sum(r[3]) FROM (SELECT retention(ts >= TIMESTAMP '1970-01-01T00:16:40' AND ts < TIMESTAMP '1970-01-01T00:33:20', ts >= TIMESTAMP '1970-01-01T00:33:20' AND ts < TIMESTAMP '1970-01-01T00:50:00', e = 'c') AS r FROM t GROUP BY p)",
         // Nobody matches: the sum over every person is 0, not NULL.
         "SELECT sum(c), count(*) FILTER (WHERE c > 0) FROM (SELECT sequence_count('(?1)', ts, e = 'zzz') AS c FROM t GROUP BY p)",
         // Nobody at all: NULL.
@@ -542,6 +675,65 @@ mod tests {
         "SELECT count(*) FILTER (WHERE NOT m) FROM (SELECT sequence_match('(?1)', ts, e = 'b') AS m FROM t GROUP BY p)",
     ];
 
+    /// Whether `x` is in `e`, an `as_range` expression over Int64 bounds.
+    fn in_range(e: &Expr, x: i64) -> bool {
+        let (_, lo, hi) = as_range(e).expect("a range");
+        let (ScalarValue::Int64(Some(l)), ScalarValue::Int64(Some(h))) = (lo.0, hi.0) else {
+            panic!("Int64 bounds")
+        };
+        (x > l || (lo.1 && x == l)) && (x < h || (hi.1 && x == h))
+    }
+
+    #[test]
+    fn merged_ranges_keep_exactly_the_same_values() {
+        use datafusion::prelude::col;
+        let mut r = Random(3);
+        let x = || col("x");
+        for round in 0..300 {
+            let n = 1 + r.below(5) as usize;
+            let ranges: Vec<Expr> = (0..n)
+                .map(|_| {
+                    let lo = lit(r.below(20) as i64);
+                    let hi = lit(r.below(20) as i64);
+                    let lower = if r.below(2) == 0 {
+                        x().gt_eq(lo.clone())
+                    } else {
+                        x().gt(lo.clone())
+                    };
+                    let upper = if r.below(2) == 0 {
+                        x().lt_eq(hi.clone())
+                    } else {
+                        x().lt(hi.clone())
+                    };
+                    // Either order, either side of the comparison.
+                    match r.below(3) {
+                        0 => lower.and(upper),
+                        1 => upper.and(lower),
+                        _ => lo.lt_eq(x()).and(upper),
+                    }
+                })
+                .collect();
+            let merged = merge_ranges(ranges.clone());
+            assert!(merged.len() <= ranges.len());
+            for v in -1..21 {
+                let before = ranges.iter().any(|e| in_range(e, v));
+                let after = merged.iter().any(|e| in_range(e, v));
+                assert_eq!(
+                    before, after,
+                    "round {round}, x = {v}: {ranges:?} -> {merged:?}"
+                );
+            }
+        }
+        // Days one after another become one range; other conditions stay as they are.
+        let day = |d: i64| x().gt_eq(lit(d)).and(x().lt(lit(d + 1)));
+        let other = col("e").eq(lit("buy"));
+        let merged = merge_ranges(vec![day(3), other.clone(), day(1), day(2), day(5)]);
+        assert_eq!(
+            merged,
+            vec![other, x().gt_eq(lit(1i64)).and(x().lt(lit(4i64))), day(5)]
+        );
+    }
+
     #[tokio::test]
     async fn rows_matching_nothing_are_dropped_only_where_that_changes_no_answer() {
         for seed in 1..=4 {
@@ -551,6 +743,11 @@ mod tests {
                 let (without, plain) = run(&ctx, sql, false).await;
                 assert_eq!(with, without, "seed {seed}: {sql}");
                 assert!(prefiltered(&plan), "not rewritten: {sql}\n{plan}");
+                if sql.contains("retention(ts") {
+                    // Its two day ranges are filtered as one.
+                    let filter = plan.lines().find(|l| l.contains("Filter: t.e = ")).unwrap();
+                    assert_eq!(filter.matches("t.ts >=").count(), 1, "{plan}");
+                }
                 assert!(!prefiltered(&plain), "rewritten while off: {sql}\n{plain}");
                 // Some groups pass and some do not, so the check means something.
                 assert!(with.lines().count() > 4, "{sql}\n{with}");
