@@ -537,11 +537,7 @@ impl OptimizerRule for PrefilterConditionRows {
         plan: LogicalPlan,
         config: &dyn OptimizerConfig,
     ) -> Result<Transformed<LogicalPlan>> {
-        let on = config
-            .options()
-            .extensions
-            .get::<crate::settings::TidepoolOptions>()
-            .is_none_or(|o| o.prefilter_condition_rows);
+        let on = crate::settings::TidepoolOptions::of(&config.options()).prefilter_condition_rows;
         if !on {
             return Ok(Transformed::no(plan));
         }

@@ -1,6 +1,6 @@
 //! tidepool's own session settings, `SET tidepool.NAME = VALUE`.
 
-use datafusion::common::config::ConfigExtension;
+use datafusion::common::config::{ConfigExtension, ConfigOptions};
 use datafusion::common::extensions_options;
 
 extensions_options! {
@@ -10,7 +10,8 @@ extensions_options! {
         /// run in DataFusion's two phases (tests use this to cover the partial states).
         pub single_phase_event_aggregates: bool, default = true
         /// Drop the rows where no condition holds before grouping when only groups
-        /// with a match pass the filter above (`crate::prefilter`).
+        /// with a match pass the filter above, or the totals above ignore the others
+        /// (`crate::prefilter`).
         pub prefilter_condition_rows: bool, default = true
         /// Group by one string key with tidepool's key map instead of DataFusion's
         /// general one (`crate::string_key_aggregate`).
@@ -20,4 +21,11 @@ extensions_options! {
 
 impl ConfigExtension for TidepoolOptions {
     const PREFIX: &'static str = "tidepool";
+}
+
+impl TidepoolOptions {
+    /// The session's settings (the defaults where none were registered).
+    pub fn of(config: &ConfigOptions) -> Self {
+        config.extensions.get::<Self>().cloned().unwrap_or_default()
+    }
 }

@@ -95,10 +95,7 @@ impl PhysicalOptimizerRule for SinglePhaseEventAggregates {
         plan: Arc<dyn ExecutionPlan>,
         config: &ConfigOptions,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let on = config
-            .extensions
-            .get::<crate::settings::TidepoolOptions>()
-            .is_none_or(|o| o.single_phase_event_aggregates);
+        let on = crate::settings::TidepoolOptions::of(config).single_phase_event_aggregates;
         if !on {
             return Ok(plan);
         }

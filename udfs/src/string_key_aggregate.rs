@@ -51,10 +51,7 @@ impl PhysicalOptimizerRule for StringKeyAggregates {
         plan: Arc<dyn ExecutionPlan>,
         config: &ConfigOptions,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let on = config
-            .extensions
-            .get::<crate::settings::TidepoolOptions>()
-            .is_none_or(|o| o.string_key_aggregation);
+        let on = crate::settings::TidepoolOptions::of(config).string_key_aggregation;
         if !on {
             return Ok(plan);
         }
