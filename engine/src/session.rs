@@ -57,7 +57,11 @@ pub async fn new_session(options: &SessionOptions) -> Result<SessionContext> {
         .with_physical_optimizer_rule(Arc::new(
             tidepool_udfs::single_phase::SinglePhaseEventAggregates,
         ))
-        // After the single-phase rule, which looks for DataFusion's AggregateExec.
+        // After the single-phase rule, and before the string key rule: both look for
+        // DataFusion's AggregateExec.
+        .with_physical_optimizer_rule(Arc::new(
+            tidepool_udfs::clustered_aggregate::ClusteredAggregates,
+        ))
         .with_physical_optimizer_rule(Arc::new(
             tidepool_udfs::string_key_aggregate::StringKeyAggregates,
         ))

@@ -214,6 +214,11 @@ impl StringKeyMap {
         hash as usize & (self.slots.len() - 1)
     }
 
+    /// Group `group`'s key bytes (empty for the NULL group).
+    pub fn key(&self, group: usize) -> &[u8] {
+        self.key_bytes(group)
+    }
+
     fn key_bytes(&self, group: usize) -> &[u8] {
         let start = if group == 0 { 0 } else { self.ends[group - 1] };
         &self.bytes[start..self.ends[group]]
@@ -316,6 +321,90 @@ impl StringKeyMap {
                 groups,
             ),
             other => internal_err!("string key map given a {other} key"),
+        }
+    }
+
+    /// Append the group of each row of `keys`, assuming the keys arrive in ascending
+    /// order (data sorted by person): a row equal to the last group's key joins it, a
+    /// greater one starts a new group, and nothing is hashed. Returns false, with the
+    /// map and `groups` as they were, at the first NULL or key below the last one; the
+    /// caller then calls [`Self::index_all`] and [`Self::intern`].
+    pub fn push_sorted(&mut self, keys: &dyn Array, groups: &mut Vec<usize>) -> Result<bool> {
+        if keys.null_count() > 0 {
+            return Ok(false);
+        }
+        match keys.data_type() {
+            DataType::Utf8View => {
+                let keys = keys.as_any().downcast_ref::<StringViewArray>().unwrap();
+                self.push_sorted_rows(keys.len(), |i| keys.value(i).as_bytes(), groups)
+            }
+            DataType::Utf8 => {
+                let keys = keys.as_any().downcast_ref::<StringArray>().unwrap();
+                self.push_sorted_rows(keys.len(), |i| keys.value(i).as_bytes(), groups)
+            }
+            DataType::LargeUtf8 => {
+                let keys = keys.as_any().downcast_ref::<LargeStringArray>().unwrap();
+                self.push_sorted_rows(keys.len(), |i| keys.value(i).as_bytes(), groups)
+            }
+            other => internal_err!("string key map given a {other} key"),
+        }
+    }
+
+    fn push_sorted_rows<'a>(
+        &mut self,
+        rows: usize,
+        value: impl Fn(usize) -> &'a [u8],
+        groups: &mut Vec<usize>,
+    ) -> Result<bool> {
+        let (groups_before, bytes_before, rows_before) =
+            (self.ends.len(), self.bytes.len(), groups.len());
+        groups.reserve(rows);
+        for i in 0..rows {
+            let key = value(i);
+            let group = match self.ends.len().checked_sub(1) {
+                Some(last) => match key.cmp(self.key_bytes(last)) {
+                    std::cmp::Ordering::Equal => last,
+                    std::cmp::Ordering::Greater => self.new_group(key)? as usize,
+                    std::cmp::Ordering::Less => {
+                        self.ends.truncate(groups_before);
+                        self.bytes.truncate(bytes_before);
+                        groups.truncate(rows_before);
+                        return Ok(false);
+                    }
+                },
+                None => self.new_group(key)? as usize,
+            };
+            groups.push(group);
+        }
+        Ok(true)
+    }
+
+    /// Place every group added by [`Self::push_sorted`] in the table, so that
+    /// [`Self::intern`] finds them.
+    pub fn index_all(&mut self) {
+        let indexed = self.used + usize::from(self.null_group.is_some());
+        for group in indexed..self.ends.len() {
+            let bytes = self.key_bytes(group);
+            let (key, hash) = if bytes.len() <= MAX_PACKED {
+                let key = pack(bytes);
+                (key, self.hash_packed(key))
+            } else {
+                let hash = self.hash_long(bytes);
+                (LONG_MARK | hash as u128, hash)
+            };
+            let mask = self.slots.len() - 1;
+            let mut i = self.home(hash);
+            while self.slots[i].key != NO_KEY {
+                i = (i + 1) & mask;
+            }
+            self.slots[i] = Slot {
+                key,
+                group: group as u32,
+            };
+            self.used += 1;
+            if self.used * 2 > self.slots.len() {
+                self.grow();
+            }
         }
     }
 

@@ -5,6 +5,7 @@
 
 mod args;
 pub mod attribution;
+pub mod clustered_aggregate;
 pub mod cohort_retention;
 pub mod funnel;
 mod grouped;

@@ -16,6 +16,10 @@ extensions_options! {
         /// Group by one string key with tidepool's key map instead of DataFusion's
         /// general one (`crate::string_key_aggregate`).
         pub string_key_aggregation: bool, default = true
+        /// Finish each person where their rows were read when every input partition
+        /// holds people sorted by key, merging only people split between partitions
+        /// (`crate::clustered_aggregate`). Needs `string_key_aggregation`.
+        pub clustered_aggregation: bool, default = true
     }
 }
 

@@ -132,6 +132,58 @@ impl StringKeyAggregateExec {
         }))
     }
 
+    /// One partition's running aggregation in this operator's mode, fed batch by batch
+    /// (also used by [`crate::clustered_aggregate`]).
+    pub(crate) fn aggregation(
+        &self,
+        partition: usize,
+        context: &Arc<TaskContext>,
+    ) -> Result<Aggregation> {
+        let options = &context.session_config().options().execution;
+        let accumulators = self
+            .agg
+            .aggr_expr()
+            .iter()
+            .map(|a| a.create_groups_accumulator())
+            .collect::<Result<Vec<_>>>()?;
+        // Skip the partial phase as DataFusion does: when after the probe rows nearly
+        // every row is its own group, turn rows straight into states.
+        let probe = (*self.agg.mode() == AggregateMode::Partial
+            && options.skip_partial_aggregation_probe_ratio_threshold < 1.0)
+            .then_some((
+                options.skip_partial_aggregation_probe_rows_threshold,
+                options.skip_partial_aggregation_probe_ratio_threshold,
+            ));
+        Ok(Aggregation {
+            schema: self.agg.schema(),
+            key: Arc::clone(&self.key),
+            args: self.args.clone(),
+            filters: if self.merges_states() {
+                vec![None; self.args.len()]
+            } else {
+                self.agg.filter_expr().to_vec()
+            },
+            merge: self.merges_states(),
+            partial_output: *self.agg.mode() == AggregateMode::Partial,
+            map: StringKeyMap::new(),
+            accumulators,
+            groups: Vec::new(),
+            batch_size: context.session_config().batch_size(),
+            reservation: MemoryConsumer::new(format!("StringKeyAggregate[{partition}]"))
+                .register(context.memory_pool()),
+            probe,
+            rows_seen: 0,
+            skipping: false,
+            metrics: BaselineMetrics::new(&self.metrics, partition),
+            sorted: true,
+        })
+    }
+
+    /// The operator it stands for.
+    pub(crate) fn aggregate(&self) -> &AggregateExec {
+        &self.agg
+    }
+
     fn merges_states(&self) -> bool {
         matches!(
             self.agg.mode(),
@@ -206,43 +258,7 @@ impl ExecutionPlan for StringKeyAggregateExec {
         context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
         let input = self.agg.input().execute(partition, Arc::clone(&context))?;
-        let options = &context.session_config().options().execution;
-        let accumulators = self
-            .agg
-            .aggr_expr()
-            .iter()
-            .map(|a| a.create_groups_accumulator())
-            .collect::<Result<Vec<_>>>()?;
-        // Skip the partial phase as DataFusion does: when after the probe rows nearly
-        // every row is its own group, turn rows straight into states.
-        let probe = (*self.agg.mode() == AggregateMode::Partial
-            && options.skip_partial_aggregation_probe_ratio_threshold < 1.0)
-            .then_some((
-                options.skip_partial_aggregation_probe_rows_threshold,
-                options.skip_partial_aggregation_probe_ratio_threshold,
-            ));
-        let state = Aggregation {
-            schema: self.agg.schema(),
-            key: Arc::clone(&self.key),
-            args: self.args.clone(),
-            filters: if self.merges_states() {
-                vec![None; self.args.len()]
-            } else {
-                self.agg.filter_expr().to_vec()
-            },
-            merge: self.merges_states(),
-            partial_output: *self.agg.mode() == AggregateMode::Partial,
-            map: StringKeyMap::new(),
-            accumulators,
-            groups: Vec::new(),
-            batch_size: context.session_config().batch_size(),
-            reservation: MemoryConsumer::new(format!("StringKeyAggregate[{partition}]"))
-                .register(context.memory_pool()),
-            probe,
-            rows_seen: 0,
-            skipping: false,
-            metrics: BaselineMetrics::new(&self.metrics, partition),
-        };
+        let state = self.aggregation(partition, &context)?;
         let schema = self.agg.schema();
         let stream = futures::stream::try_unfold(
             (input, state, VecDeque::<RecordBatch>::new(), false),
@@ -284,7 +300,7 @@ struct Evaluated {
 }
 
 /// One partition's running aggregation.
-struct Aggregation {
+pub(crate) struct Aggregation {
     schema: SchemaRef,
     key: Arc<dyn PhysicalExpr>,
     args: Vec<Vec<Arc<dyn PhysicalExpr>>>,
@@ -304,6 +320,9 @@ struct Aggregation {
     rows_seen: usize,
     skipping: bool,
     metrics: BaselineMetrics,
+    /// Keys have come in ascending order so far and are appended without hashing
+    /// (see [`StringKeyMap::push_sorted`]).
+    sorted: bool,
 }
 
 impl Aggregation {
@@ -336,7 +355,30 @@ impl Aggregation {
         })
     }
 
-    fn push(&mut self, batch: RecordBatch, ready: &mut VecDeque<RecordBatch>) -> Result<()> {
+    /// Whether every key so far came in ascending order, with no NULL.
+    pub(crate) fn keys_sorted(&self) -> bool {
+        self.sorted
+    }
+
+    /// Each row's group into `groups`: by order while the keys are sorted, else hashed.
+    fn assign_groups(
+        map: &mut StringKeyMap,
+        sorted: &mut bool,
+        keys: &dyn datafusion::arrow::array::Array,
+        groups: &mut Vec<usize>,
+    ) -> Result<()> {
+        groups.clear();
+        if *sorted {
+            if map.push_sorted(keys, groups)? {
+                return Ok(());
+            }
+            *sorted = false;
+            map.index_all();
+        }
+        map.intern(keys, groups)
+    }
+
+    pub(crate) fn push(&mut self, batch: RecordBatch, ready: &mut VecDeque<RecordBatch>) -> Result<()> {
         let timer = self.metrics.elapsed_compute().timer();
         let Evaluated {
             keys,
@@ -351,8 +393,7 @@ impl Aggregation {
             ready.push_back(RecordBatch::try_new(Arc::clone(&self.schema), columns)?);
             return Ok(());
         }
-        self.groups.clear();
-        self.map.intern(keys.as_ref(), &mut self.groups)?;
+        Self::assign_groups(&mut self.map, &mut self.sorted, keys.as_ref(), &mut self.groups)?;
         let total = self.map.len();
         for ((acc, values), filter) in self.accumulators.iter_mut().zip(&values).zip(&filters) {
             if self.merge {
@@ -382,8 +423,61 @@ impl Aggregation {
         Ok(())
     }
 
+    /// Every group, in group order, and an empty map: the groups in `shared` as states
+    /// (this aggregation's output schema), the others before and after them as final
+    /// values (`values_schema`). For [`crate::clustered_aggregate`].
+    pub(crate) fn take_split(
+        &mut self,
+        shared: std::ops::Range<usize>,
+        values_schema: &SchemaRef,
+    ) -> Result<(Vec<RecordBatch>, Option<RecordBatch>)> {
+        let _timer = self.metrics.elapsed_compute().timer();
+        let n = self.map.len();
+        let key_type = self.schema.field(0).data_type().clone();
+        let keys = self.map.take_keys(&key_type)?;
+        let (mut values, mut states) = (Vec::new(), None);
+        let mut done = 0;
+        for (end, as_states) in [(shared.start, false), (shared.end, true), (n, false)] {
+            let len = end - done;
+            if len == 0 {
+                continue;
+            }
+            let emit_to = if end == n {
+                EmitTo::All
+            } else {
+                EmitTo::First(len)
+            };
+            let mut columns = vec![keys.slice(done, len)];
+            for acc in &mut self.accumulators {
+                if as_states {
+                    columns.extend(acc.state(emit_to)?);
+                } else {
+                    columns.push(acc.evaluate(emit_to)?);
+                }
+            }
+            if as_states {
+                states = Some(RecordBatch::try_new(Arc::clone(&self.schema), columns)?);
+            } else {
+                values.push(RecordBatch::try_new(Arc::clone(values_schema), columns)?);
+            }
+            done = end;
+        }
+        self.reservation.free();
+        Ok((values, states))
+    }
+
+    /// The number of groups so far.
+    pub(crate) fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Group `group`'s key (while [`Self::keys_sorted`], groups are in key order).
+    pub(crate) fn key(&self, group: usize) -> &[u8] {
+        self.map.key(group)
+    }
+
     /// Every group so far as output batches, and an empty map.
-    fn emit(&mut self, ready: &mut VecDeque<RecordBatch>) -> Result<()> {
+    pub(crate) fn emit(&mut self, ready: &mut VecDeque<RecordBatch>) -> Result<()> {
         let _timer = self.metrics.elapsed_compute().timer();
         if self.map.is_empty() {
             return Ok(());
