@@ -156,13 +156,16 @@ impl StringKeyAggregateExec {
             ));
         Ok(Aggregation {
             schema: self.agg.schema(),
-            key: Arc::clone(&self.key),
-            args: self.args.clone(),
-            filters: if self.merges_states() {
-                vec![None; self.args.len()]
-            } else {
-                self.agg.filter_expr().to_vec()
+            inputs: Inputs {
+                key: Arc::clone(&self.key),
+                args: self.args.clone(),
+                filters: if self.merges_states() {
+                    vec![None; self.args.len()]
+                } else {
+                    self.agg.filter_expr().to_vec()
+                },
             },
+            row_inputs: None,
             merge: self.merges_states(),
             partial_output: *self.agg.mode() == AggregateMode::Partial,
             map: StringKeyMap::new(),
@@ -176,6 +179,20 @@ impl StringKeyAggregateExec {
             skipping: false,
             metrics: BaselineMetrics::new(&self.metrics, partition),
             sorted: true,
+        })
+    }
+
+    /// What [`Aggregation::push_rows`] reads from an input row of this operator: its
+    /// key, its aggregates' arguments and filters (for [`crate::clustered_aggregate`],
+    /// whose final phase also takes rows straight from the input).
+    pub(crate) fn row_inputs(&self) -> Result<Inputs> {
+        if self.merges_states() {
+            return internal_err!("the rows of a final aggregation are states");
+        }
+        Ok(Inputs {
+            key: Arc::clone(&self.key),
+            args: self.args.clone(),
+            filters: self.agg.filter_expr().to_vec(),
         })
     }
 
@@ -299,33 +316,16 @@ struct Evaluated {
     filters: Vec<Option<BooleanArray>>,
 }
 
-/// One partition's running aggregation.
-pub(crate) struct Aggregation {
-    schema: SchemaRef,
+/// The expressions an aggregation reads from each row it is given.
+#[derive(Clone)]
+pub(crate) struct Inputs {
     key: Arc<dyn PhysicalExpr>,
+    /// Per aggregate, the columns it reads: its arguments, or its state in merge modes.
     args: Vec<Vec<Arc<dyn PhysicalExpr>>>,
     filters: Vec<Option<Arc<dyn PhysicalExpr>>>,
-    /// Input rows are states to merge (Final modes), not arguments.
-    merge: bool,
-    /// Output states (Partial mode), not values.
-    partial_output: bool,
-    map: StringKeyMap,
-    accumulators: Vec<Box<dyn GroupsAccumulator>>,
-    /// The current batch's group per row (kept to reuse its allocation).
-    groups: Vec<usize>,
-    batch_size: usize,
-    reservation: MemoryReservation,
-    /// (rows to see, groups per row above which to skip) for a partial aggregation.
-    probe: Option<(usize, f64)>,
-    rows_seen: usize,
-    skipping: bool,
-    metrics: BaselineMetrics,
-    /// Keys have come in ascending order so far and are appended without hashing
-    /// (see [`StringKeyMap::push_sorted`]).
-    sorted: bool,
 }
 
-impl Aggregation {
+impl Inputs {
     fn evaluate(&self, batch: &RecordBatch) -> Result<Evaluated> {
         let rows = batch.num_rows();
         let keys = self.key.evaluate(batch)?.into_array(rows)?;
@@ -354,6 +354,42 @@ impl Aggregation {
             filters,
         })
     }
+}
+
+/// One partition's running aggregation.
+pub(crate) struct Aggregation {
+    schema: SchemaRef,
+    inputs: Inputs,
+    /// A final aggregation that also takes input rows: how to read them (see
+    /// [`Aggregation::push_rows`]).
+    row_inputs: Option<Inputs>,
+    /// Input rows are states to merge (Final modes), not arguments.
+    merge: bool,
+    /// Output states (Partial mode), not values.
+    partial_output: bool,
+    map: StringKeyMap,
+    accumulators: Vec<Box<dyn GroupsAccumulator>>,
+    /// The current batch's group per row (kept to reuse its allocation).
+    groups: Vec<usize>,
+    batch_size: usize,
+    reservation: MemoryReservation,
+    /// (rows to see, groups per row above which to skip) for a partial aggregation.
+    probe: Option<(usize, f64)>,
+    rows_seen: usize,
+    skipping: bool,
+    metrics: BaselineMetrics,
+    /// Keys have come in ascending order so far and are appended without hashing
+    /// (see [`StringKeyMap::push_sorted`]).
+    sorted: bool,
+}
+
+impl Aggregation {
+    /// A final aggregation that also accepts rows of the input of `first_phase` with
+    /// [`Aggregation::push_rows`] (see [`StringKeyAggregateExec::row_inputs`]).
+    pub(crate) fn accepting_rows(mut self, inputs: Inputs) -> Self {
+        self.row_inputs = Some(inputs);
+        self
+    }
 
     /// Whether every key so far came in ascending order, with no NULL.
     pub(crate) fn keys_sorted(&self) -> bool {
@@ -378,14 +414,53 @@ impl Aggregation {
         map.intern(keys, groups)
     }
 
-    pub(crate) fn push(&mut self, batch: RecordBatch, ready: &mut VecDeque<RecordBatch>) -> Result<()> {
-        let timer = self.metrics.elapsed_compute().timer();
+    /// Input rows that are not states, in a final aggregation made
+    /// [`Aggregation::accepting_rows`]: each row's arguments are accumulated as a
+    /// single-phase aggregation would, into the same groups as the merged states.
+    pub(crate) fn push_rows(&mut self, batch: RecordBatch) -> Result<()> {
+        let time = self.metrics.elapsed_compute().clone();
+        let _timer = time.timer();
+        let evaluated = match &self.row_inputs {
+            Some(inputs) => inputs.evaluate(&batch)?,
+            None => return internal_err!("this aggregation takes only states"),
+        };
+        self.accumulate(evaluated, false)?;
+        self.reserve()
+    }
+
+    fn accumulate(&mut self, evaluated: Evaluated, merge: bool) -> Result<usize> {
         let Evaluated {
             keys,
             values,
             filters,
-        } = self.evaluate(&batch)?;
+        } = evaluated;
+        Self::assign_groups(&mut self.map, &mut self.sorted, keys.as_ref(), &mut self.groups)?;
+        let total = self.map.len();
+        for ((acc, values), filter) in self.accumulators.iter_mut().zip(&values).zip(&filters) {
+            if merge {
+                acc.merge_batch(values, &self.groups, total)?;
+            } else {
+                acc.update_batch(values, &self.groups, filter.as_ref(), total)?;
+            }
+        }
+        Ok(total)
+    }
+
+    fn reserve(&mut self) -> Result<()> {
+        let size = self.map.size() + self.accumulators.iter().map(|a| a.size()).sum::<usize>();
+        self.reservation.try_resize(size)
+    }
+
+    pub(crate) fn push(&mut self, batch: RecordBatch, ready: &mut VecDeque<RecordBatch>) -> Result<()> {
+        let time = self.metrics.elapsed_compute().clone();
+        let timer = time.timer();
+        let evaluated = self.inputs.evaluate(&batch)?;
         if self.skipping {
+            let Evaluated {
+                keys,
+                values,
+                filters,
+            } = evaluated;
             let mut columns = vec![keys];
             for ((acc, values), filter) in self.accumulators.iter().zip(&values).zip(&filters) {
                 columns.extend(acc.convert_to_state(values, filter.as_ref())?);
@@ -393,15 +468,7 @@ impl Aggregation {
             ready.push_back(RecordBatch::try_new(Arc::clone(&self.schema), columns)?);
             return Ok(());
         }
-        Self::assign_groups(&mut self.map, &mut self.sorted, keys.as_ref(), &mut self.groups)?;
-        let total = self.map.len();
-        for ((acc, values), filter) in self.accumulators.iter_mut().zip(&values).zip(&filters) {
-            if self.merge {
-                acc.merge_batch(values, &self.groups, total)?;
-            } else {
-                acc.update_batch(values, &self.groups, filter.as_ref(), total)?;
-            }
-        }
+        let total = self.accumulate(evaluated, self.merge)?;
         self.rows_seen += batch.num_rows();
         if let Some((probe_rows, ratio)) = self.probe {
             if self.rows_seen >= probe_rows && total as f64 / self.rows_seen as f64 > ratio {
@@ -410,8 +477,7 @@ impl Aggregation {
                 return self.emit(ready);
             }
         }
-        let size = self.map.size() + self.accumulators.iter().map(|a| a.size()).sum::<usize>();
-        if let Err(e) = self.reservation.try_resize(size) {
+        if let Err(e) = self.reserve() {
             // A partial aggregation may hand on what it has and start again; the final
             // one needs every group at once.
             if self.partial_output {
