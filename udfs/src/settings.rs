@@ -6,7 +6,8 @@ use datafusion::common::extensions_options;
 extensions_options! {
     /// tidepool's own session settings (`SET tidepool.NAME = VALUE`).
     pub struct TidepoolOptions {
-        /// Run aggregations made only of event-buffer aggregates in one phase. Off, they
+        /// Run aggregations made only of tidepool's per-person aggregates in one phase
+        /// (`crate::single_phase`). Off, they
         /// run in DataFusion's two phases (tests use this to cover the partial states).
         pub single_phase_event_aggregates: bool, default = true
         /// Drop the rows where no condition holds before grouping when only groups

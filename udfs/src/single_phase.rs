@@ -1,20 +1,21 @@
-//! A physical optimizer rule: aggregations made only of tidepool's event-buffer
+//! A physical optimizer rule: aggregations made only of tidepool's per-person event
 //! aggregates run in one phase.
 //!
 //! DataFusion aggregates in two phases (Partial, then a hash repartition, then Final) so
-//! that each partition can shrink its input before the shuffle. The funnel-type
-//! aggregates keep every matching event in their state, so the partial phase shrinks
-//! nothing: it sorts the events, writes them as list states, and the final phase reads,
-//! re-interns and sorts them again. This rule replaces
-//! `Final(Repartition(Hash(keys), Partial(input)))` with
-//! `SinglePartitioned(Repartition(Hash(keys), input))` when every aggregate is one of
-//! [`EVENT_BUFFER_AGGREGATES`]: the rows are shuffled once and aggregated once.
+//! that each partition can shrink its input before the shuffle. tidepool's per-person
+//! aggregates keep events in their state, so the partial phase shrinks little: it sorts
+//! the events, writes them as list states, and the final phase reads, re-interns and
+//! sorts them again. This rule replaces `Final(Repartition(Hash(keys), Partial(input)))`
+//! with `SinglePartitioned(Repartition(Hash(keys), input))` when every aggregate is one
+//! of [`ONE_PHASE_AGGREGATES`]: the rows are shuffled once and aggregated once.
 //!
-//! Measured on 10M events (2 cores): cohort_retention 25–29% faster, attribution 15–20%,
-//! lifecycle ~6%. sequence_next_node and path_edges keep every row too. window_funnel,
-//! funnel, sequence_match and sequence_count are left out: their state keeps only rows
-//! that meet a condition, usually a small part of the input, so the partial phase does
-//! shrink what is shuffled and one phase was no faster.
+//! On input sorted by person, [`crate::clustered_aggregate`] then finishes people in
+//! place, so this choice only matters for unsorted (time-ordered) input. Measured there
+//! on 10M events (2 cores): cohort_retention 25–29% faster, attribution 15–20%,
+//! lifecycle ~6%; and, once the clustered operator handed an unsorted partition's rows
+//! on unaggregated, sequence_match 22%, sequence_count 25%, window_funnel 14% and
+//! retention 22% (benches/README.md). sequence_next_node and path_edges keep every row
+//! too.
 
 use std::sync::Arc;
 
@@ -27,14 +28,19 @@ use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::ExecutionPlan;
 
-/// The aggregates whose state holds (nearly) all their input rows (see
-/// [`crate::grouped`]).
-pub const EVENT_BUFFER_AGGREGATES: [&str; 5] = [
+/// The aggregates whose state holds their input's events, or those that meet a
+/// condition (see [`crate::grouped`]), so that a partial phase shrinks little.
+pub const ONE_PHASE_AGGREGATES: [&str; 10] = [
     crate::cohort_retention::NAME,
     crate::lifecycle::NAME,
     crate::attribution::NAME,
     crate::sequence_next_node::NAME,
     crate::path_edges::NAME,
+    crate::window_funnel::NAME,
+    crate::funnel::NAME,
+    crate::retention::NAME,
+    crate::sequence_match::Answer::Match.name(),
+    crate::sequence_match::Answer::Count.name(),
 ];
 
 #[derive(Debug, Default)]
@@ -61,12 +67,12 @@ fn rewrite(plan: Arc<dyn ExecutionPlan>) -> Result<Transformed<Arc<dyn Execution
     let Some((partial, partitions)) = partial_below(final_agg) else {
         return Ok(Transformed::no(plan));
     };
-    let all_event_buffers = !partial.aggr_expr().is_empty()
+    let all_one_phase = !partial.aggr_expr().is_empty()
         && partial
             .aggr_expr()
             .iter()
-            .all(|a| EVENT_BUFFER_AGGREGATES.contains(&a.fun().name()));
-    if !all_event_buffers || !partial.group_expr().is_single() || partial.group_expr().is_empty() {
+            .all(|a| ONE_PHASE_AGGREGATES.contains(&a.fun().name()));
+    if !all_one_phase || !partial.group_expr().is_single() || partial.group_expr().is_empty() {
         return Ok(Transformed::no(plan));
     }
     let keys = partial.group_expr().input_exprs();
@@ -156,17 +162,17 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn event_buffer_aggregates_run_in_one_phase() {
+    async fn per_person_aggregates_run_in_one_phase() {
         let lifecycle = "SELECT lifecycle('unit=day', ts, true) FROM t GROUP BY p";
         let one = plan(lifecycle, true).await;
         assert!(one.contains("mode=SinglePartitioned"), "{one}");
         assert!(!one.contains("mode=Partial"), "{one}");
-        // Switched off, or mixed with another aggregate, or a funnel: two phases as usual.
+        let funnel = "SELECT window_funnel(10, '', ts, true), sequence_count('(?1)', ts, true) FROM t GROUP BY p";
+        assert!(plan(funnel, true).await.contains("mode=SinglePartitioned"));
+        // Switched off, or mixed with another aggregate: two phases as usual.
         let two = plan(lifecycle, false).await;
         assert!(two.contains("mode=Partial"), "{two}");
         let mixed = "SELECT lifecycle('unit=day', ts, true), count(*) FROM t GROUP BY p";
         assert!(plan(mixed, true).await.contains("mode=Partial"));
-        let funnel = "SELECT window_funnel(10, '', ts, true) FROM t GROUP BY p";
-        assert!(plan(funnel, true).await.contains("mode=Partial"));
     }
 }

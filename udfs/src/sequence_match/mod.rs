@@ -56,7 +56,7 @@ pub enum Answer {
 }
 
 impl Answer {
-    pub fn name(self) -> &'static str {
+    pub const fn name(self) -> &'static str {
         match self {
             Answer::Match => "sequence_match",
             Answer::Count => "sequence_count",
