@@ -450,18 +450,19 @@ def prepare(size, tidepool, work):
         people, events, days = SIZES[size]
         subprocess.run([tidepool, "gen", "--out", str(wh), "--events", str(events), "--users", str(people),
                         "--days", str(days), "--seed", "42"], check=True)
-    import duckdb
-
-    con = duckdb.connect()
-    con.execute("SET preserve_insertion_order = true")
-    con.execute("SET enable_progress_bar = false")
     glob = str(wh / "events" / "data" / "*" / "*.parquet")
     order = {"time": "event_time", "person": f"{PERSON}, event_time"}
-    for layout, path in files.items():
-        con.execute(
-            f"COPY (SELECT * FROM read_parquet('{glob}') ORDER BY {order[layout]}) TO '{path}' "
-            "(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 131072)"
-        )
+    statements = ["SET preserve_insertion_order = true", "SET enable_progress_bar = false"] + [
+        f"COPY (SELECT * FROM read_parquet('{glob}') ORDER BY {order[layout]}) TO '{path}' "
+        "(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 131072)"
+        for layout, path in files.items()
+    ]
+    # In a process of its own: the engines are started from this one, and a child's
+    # peak RSS starts at its parent's size, which DuckDB's sort would have raised to GBs.
+    subprocess.run([sys.executable, "-c", "import duckdb, json, sys\n"
+                    "con = duckdb.connect()\n"
+                    "for s in json.loads(sys.argv[1]):\n    con.execute(s)",
+                    json.dumps(statements)], check=True)
     return files
 
 
