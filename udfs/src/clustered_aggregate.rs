@@ -40,6 +40,7 @@ use datafusion::common::runtime::SpawnedTask;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{internal_err, DataFusionError, Result};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_expr::Partitioning;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
@@ -55,7 +56,7 @@ use datafusion::physical_plan::{
 use futures::channel::mpsc;
 use futures::{FutureExt, StreamExt, TryStreamExt};
 
-use crate::string_key_aggregate::{Aggregation, StringKeyAggregateExec};
+use crate::string_key_aggregate::{Aggregation, Inputs, StringKeyAggregateExec};
 
 /// The rule: replaces `Final(Repartition(Hash(key), Partial(input)))` and
 /// `SinglePartitioned(Repartition(Hash(key), input))` by a [`ClusteredAggregateExec`]
@@ -195,13 +196,18 @@ impl ClusteredAggregateExec {
         for i in 0..inputs {
             let input = self.input().execute(i, Arc::clone(context))?;
             let aggregation = self.partial.aggregation(i, context)?;
-            let row_partitioner = if self.one_phase {
-                let key = &self.partial.aggregate().group_expr().expr()[0].0;
-                Some(BatchPartitioner::new_hash_partitioner(
-                    vec![Arc::clone(key)],
-                    self.partitions,
-                    MetricBuilder::new(&self.metrics).subset_time("route_time", i),
-                )?)
+            // One-phase plans: evaluated input rows, by the hash of their key (column 0),
+            // which is the hash of the same key in the output.
+            let row_routing = if self.one_phase {
+                let key: Arc<dyn PhysicalExpr> = Arc::new(Column::new("c0", 0));
+                Some((
+                    self.partial.row_inputs()?,
+                    BatchPartitioner::new_hash_partitioner(
+                        vec![key],
+                        self.partitions,
+                        MetricBuilder::new(&self.metrics).subset_time("route_time", i),
+                    )?,
+                ))
             } else {
                 None
             };
@@ -211,7 +217,7 @@ impl ClusteredAggregateExec {
                     self.partitions,
                     MetricBuilder::new(&self.metrics).subset_time("route_time", i),
                 )?,
-                row_partitioner,
+                row_routing,
                 rows: MetricBuilder::new(&self.metrics).counter("rows_sent_unaggregated", i),
                 senders: senders.clone(),
                 batch_size: context.session_config().batch_size(),
@@ -274,9 +280,9 @@ struct Meeting {
 /// the key would.
 struct Router {
     partitioner: BatchPartitioner,
-    /// For one-phase plans: input rows by the hash of their key, which is the hash of
-    /// the same key in the output.
-    row_partitioner: Option<BatchPartitioner>,
+    /// For one-phase plans: what to evaluate of each input row, and the partitioner of
+    /// the evaluated rows.
+    row_routing: Option<(Inputs, BatchPartitioner)>,
     rows: Count,
     senders: Vec<Sender>,
     batch_size: usize,
@@ -321,12 +327,12 @@ impl Router {
     /// Input rows to be aggregated by the output partition of their key (one-phase
     /// plans only).
     fn send_rows(&mut self, batch: RecordBatch) -> Result<()> {
-        let Some(partitioner) = &mut self.row_partitioner else {
+        let Some((inputs, partitioner)) = &mut self.row_routing else {
             return internal_err!("rows are routed only in one-phase plans");
         };
         self.rows.add(batch.num_rows());
         let senders = &self.senders;
-        partitioner.partition(batch, |p, part| {
+        partitioner.partition(inputs.evaluate_to_batch(&batch)?, |p, part| {
             let _ = senders[p].unbounded_send(Ok(Message::Rows(part)));
             Ok(())
         })
@@ -363,7 +369,7 @@ async fn aggregate_partition(
                 continue;
             }
             aggregation.push(batch, &mut ready)?;
-            if router.row_partitioner.is_some() && !aggregation.keys_sorted() {
+            if router.row_routing.is_some() && !aggregation.keys_sorted() {
                 // Not sorted by person: what was aggregated so far goes on as states,
                 // the rest as rows, aggregated once where they arrive.
                 aggregation.emit(&mut ready)?;

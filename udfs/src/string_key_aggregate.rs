@@ -21,8 +21,8 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, AsArray, BooleanArray, RecordBatch};
-use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::arrow::array::{ArrayRef, AsArray, BooleanArray, RecordBatch, RecordBatchOptions};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{internal_err, Result};
@@ -326,6 +326,56 @@ pub(crate) struct Inputs {
 }
 
 impl Inputs {
+    /// `batch`'s key, arguments and filters as the columns of one batch, key first:
+    /// what an input partition hands on (fewer and cheaper columns than the input's,
+    /// and the key is computed once).
+    pub(crate) fn evaluate_to_batch(&self, batch: &RecordBatch) -> Result<RecordBatch> {
+        let Evaluated {
+            keys,
+            values,
+            filters,
+        } = self.evaluate(batch)?;
+        let mut columns = vec![keys];
+        columns.extend(values.into_iter().flatten());
+        columns.extend(filters.into_iter().flatten().map(|f| Arc::new(f) as ArrayRef));
+        let fields: Vec<_> = columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| Field::new(format!("c{i}"), c.data_type().clone(), true))
+            .collect();
+        let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+        Ok(RecordBatch::try_new_with_options(
+            Arc::new(Schema::new(fields)),
+            columns,
+            &options,
+        )?)
+    }
+
+    /// The inverse of [`Inputs::evaluate_to_batch`].
+    fn from_batch(&self, batch: &RecordBatch) -> Evaluated {
+        let mut columns = batch.columns().iter().cloned();
+        let keys = columns.next().expect("the key column");
+        let values = self
+            .args
+            .iter()
+            .map(|exprs| columns.by_ref().take(exprs.len()).collect())
+            .collect();
+        let filters = self
+            .filters
+            .iter()
+            .map(|f| {
+                f.as_ref()
+                    .and_then(|_| columns.next())
+                    .map(|c| c.as_boolean().clone())
+            })
+            .collect();
+        Evaluated {
+            keys,
+            values,
+            filters,
+        }
+    }
+
     fn evaluate(&self, batch: &RecordBatch) -> Result<Evaluated> {
         let rows = batch.num_rows();
         let keys = self.key.evaluate(batch)?.into_array(rows)?;
@@ -415,13 +465,14 @@ impl Aggregation {
     }
 
     /// Input rows that are not states, in a final aggregation made
-    /// [`Aggregation::accepting_rows`]: each row's arguments are accumulated as a
-    /// single-phase aggregation would, into the same groups as the merged states.
+    /// [`Aggregation::accepting_rows`], as [`Inputs::evaluate_to_batch`] made them: each
+    /// row's arguments are accumulated as a single-phase aggregation would, into the
+    /// same groups as the merged states.
     pub(crate) fn push_rows(&mut self, batch: RecordBatch) -> Result<()> {
         let time = self.metrics.elapsed_compute().clone();
         let _timer = time.timer();
         let evaluated = match &self.row_inputs {
-            Some(inputs) => inputs.evaluate(&batch)?,
+            Some(inputs) => inputs.from_batch(&batch),
             None => return internal_err!("this aggregation takes only states"),
         };
         self.accumulate(evaluated, false)?;
