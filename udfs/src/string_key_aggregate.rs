@@ -156,15 +156,7 @@ impl StringKeyAggregateExec {
             ));
         Ok(Aggregation {
             schema: self.agg.schema(),
-            inputs: Inputs {
-                key: Arc::clone(&self.key),
-                args: self.args.clone(),
-                filters: if self.merges_states() {
-                    vec![None; self.args.len()]
-                } else {
-                    self.agg.filter_expr().to_vec()
-                },
-            },
+            inputs: self.inputs(),
             row_inputs: None,
             merge: self.merges_states(),
             partial_output: *self.agg.mode() == AggregateMode::Partial,
@@ -182,18 +174,29 @@ impl StringKeyAggregateExec {
         })
     }
 
-    /// What [`Aggregation::push_rows`] reads from an input row of this operator: its
-    /// key, its aggregates' arguments and filters (for [`crate::clustered_aggregate`],
-    /// whose final phase also takes rows straight from the input).
+    /// What this operator reads from each row it is given (states in merge modes,
+    /// which have no filters).
+    fn inputs(&self) -> Inputs {
+        Inputs {
+            key: Arc::clone(&self.key),
+            args: self.args.clone(),
+            filters: if self.merges_states() {
+                vec![None; self.args.len()]
+            } else {
+                self.agg.filter_expr().to_vec()
+            },
+        }
+    }
+
+    /// What a first phase reads from an input row: its key, its aggregates' arguments
+    /// and filters. For [`crate::clustered_aggregate`], whose input partitions hand
+    /// these on ([`Inputs::evaluate_to_batch`]) to a final phase that adds them with
+    /// [`Aggregation::push_rows`].
     pub(crate) fn row_inputs(&self) -> Result<Inputs> {
         if self.merges_states() {
             return internal_err!("the rows of a final aggregation are states");
         }
-        Ok(Inputs {
-            key: Arc::clone(&self.key),
-            args: self.args.clone(),
-            filters: self.agg.filter_expr().to_vec(),
-        })
+        Ok(self.inputs())
     }
 
     /// The operator it stands for.
@@ -352,9 +355,11 @@ impl Inputs {
     }
 
     /// The inverse of [`Inputs::evaluate_to_batch`].
-    fn from_batch(&self, batch: &RecordBatch) -> Evaluated {
+    fn from_batch(&self, batch: &RecordBatch) -> Result<Evaluated> {
         let mut columns = batch.columns().iter().cloned();
-        let keys = columns.next().expect("the key column");
+        let Some(keys) = columns.next() else {
+            return internal_err!("an evaluated batch without its key column");
+        };
         let values = self
             .args
             .iter()
@@ -369,11 +374,11 @@ impl Inputs {
                     .map(|c| c.as_boolean().clone())
             })
             .collect();
-        Evaluated {
+        Ok(Evaluated {
             keys,
             values,
             filters,
-        }
+        })
     }
 
     fn evaluate(&self, batch: &RecordBatch) -> Result<Evaluated> {
@@ -472,7 +477,7 @@ impl Aggregation {
         let time = self.metrics.elapsed_compute().clone();
         let _timer = time.timer();
         let evaluated = match &self.row_inputs {
-            Some(inputs) => inputs.from_batch(&batch),
+            Some(inputs) => inputs.from_batch(&batch)?,
             None => return internal_err!("this aggregation takes only states"),
         };
         self.accumulate(evaluated, false)?;
