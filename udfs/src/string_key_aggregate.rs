@@ -39,6 +39,7 @@ use datafusion::physical_plan::{
 };
 use futures::{StreamExt, TryStreamExt};
 
+use crate::first_non_null;
 use crate::key_map::StringKeyMap;
 
 /// The rule: replaces each `AggregateExec` that [`StringKeyAggregateExec`] can run.
@@ -95,7 +96,8 @@ impl StringKeyAggregateExec {
         if group.expr().len() != 1 || group.has_grouping_set() || !group.is_single() {
             return Ok(None);
         }
-        let key = Arc::clone(&group.expr()[0].0);
+        // The person key `coalesce(user_id, anonymous_id)` without DataFusion's CASE.
+        let key = first_non_null::rewrite(Arc::clone(&group.expr()[0].0), &agg.input().schema())?;
         let key_type = key.data_type(&agg.input().schema())?;
         if !matches!(
             key_type,
