@@ -30,6 +30,7 @@ pub mod string_key_aggregate;
 mod test_random;
 #[cfg(test)]
 mod test_session;
+mod view_eq;
 pub mod window_funnel;
 
 use datafusion::error::Result;

@@ -39,7 +39,7 @@ use datafusion::physical_plan::{
 };
 use futures::{StreamExt, TryStreamExt};
 
-use crate::first_non_null;
+use crate::{first_non_null, view_eq};
 use crate::key_map::StringKeyMap;
 
 /// The rule: replaces each `AggregateExec` that [`StringKeyAggregateExec`] can run.
@@ -86,6 +86,8 @@ pub struct StringKeyAggregateExec {
     key: Arc<dyn PhysicalExpr>,
     /// Per aggregate, the columns it reads: its arguments, or its state in merge modes.
     args: Vec<Vec<Arc<dyn PhysicalExpr>>>,
+    /// Per aggregate, its FILTER (none in merge modes).
+    filters: Vec<Option<Arc<dyn PhysicalExpr>>>,
     metrics: ExecutionPlanMetricsSet,
 }
 
@@ -96,9 +98,9 @@ impl StringKeyAggregateExec {
         if group.expr().len() != 1 || group.has_grouping_set() || !group.is_single() {
             return Ok(None);
         }
-        // The person key `coalesce(user_id, anonymous_id)` without DataFusion's CASE.
-        let key = first_non_null::rewrite(Arc::clone(&group.expr()[0].0), &agg.input().schema())?;
-        let key_type = key.data_type(&agg.input().schema())?;
+        let schema = agg.input().schema();
+        let key = faster(Arc::clone(&group.expr()[0].0), &schema)?;
+        let key_type = key.data_type(&schema)?;
         if !matches!(
             key_type,
             DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8
@@ -125,11 +127,21 @@ impl StringKeyAggregateExec {
             return Ok(None);
         }
         // The key is column 0 of a partial aggregation's output, so states start at 1.
-        let args = aggregate_expressions(agg.aggr_expr(), agg.mode(), 1)?;
+        let mut args = aggregate_expressions(agg.aggr_expr(), agg.mode(), 1)?;
+        let mut filters = agg.filter_expr().to_vec();
+        if !merges_states(agg.mode()) {
+            for arg in args.iter_mut().flatten() {
+                *arg = faster(Arc::clone(arg), &schema)?;
+            }
+            for filter in filters.iter_mut().flatten() {
+                *filter = faster(Arc::clone(filter), &schema)?;
+            }
+        }
         Ok(Some(Self {
             agg: agg.clone(),
             key,
             args,
+            filters,
             metrics: ExecutionPlanMetricsSet::new(),
         }))
     }
@@ -185,7 +197,7 @@ impl StringKeyAggregateExec {
             filters: if self.merges_states() {
                 vec![None; self.args.len()]
             } else {
-                self.agg.filter_expr().to_vec()
+                self.filters.clone()
             },
         }
     }
@@ -207,11 +219,27 @@ impl StringKeyAggregateExec {
     }
 
     fn merges_states(&self) -> bool {
-        matches!(
-            self.agg.mode(),
-            AggregateMode::Final | AggregateMode::FinalPartitioned
-        )
+        merges_states(self.agg.mode())
     }
+}
+
+fn merges_states(mode: &AggregateMode) -> bool {
+    matches!(mode, AggregateMode::Final | AggregateMode::FinalPartitioned)
+}
+
+/// `expr` with the parts that have a faster form of our own replaced by it: the person
+/// key `coalesce(user_id, anonymous_id)` ([`first_non_null`]) and conditions such as
+/// `event_name = 'view_item'` ([`view_eq`]). Both give the same values.
+fn faster(expr: Arc<dyn PhysicalExpr>, schema: &Schema) -> Result<Arc<dyn PhysicalExpr>> {
+    expr.transform_up(|e| {
+        let new = view_eq::rewrite(first_non_null::rewrite(Arc::clone(&e), schema)?, schema)?;
+        Ok(if Arc::ptr_eq(&new, &e) {
+            Transformed::no(e)
+        } else {
+            Transformed::yes(new)
+        })
+    })
+    .map(|t| t.data)
 }
 
 impl DisplayAs for StringKeyAggregateExec {
