@@ -30,6 +30,7 @@ use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
+use datafusion::physical_expr::expressions::Literal;
 use datafusion::physical_plan::aggregates::{aggregate_expressions, AggregateExec, AggregateMode};
 use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet, MetricsSet};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
@@ -369,7 +370,17 @@ impl Inputs {
             filters,
         } = self.evaluate(batch)?;
         let mut columns = vec![keys];
-        columns.extend(values.into_iter().flatten());
+        // Literal arguments (a funnel's window and mode) are made again where the batch
+        // arrives ([`Inputs::from_batch`]) instead of being copied row by row.
+        for (exprs, values) in self.args.iter().zip(values) {
+            columns.extend(
+                exprs
+                    .iter()
+                    .zip(values)
+                    .filter(|(e, _)| !is_literal(e))
+                    .map(|(_, v)| v),
+            );
+        }
         columns.extend(filters.into_iter().flatten().map(|f| Arc::new(f) as ArrayRef));
         let fields: Vec<_> = columns
             .iter()
@@ -386,15 +397,25 @@ impl Inputs {
 
     /// The inverse of [`Inputs::evaluate_to_batch`].
     fn from_batch(&self, batch: &RecordBatch) -> Result<Evaluated> {
-        let mut columns = batch.columns().iter().cloned();
+        let mut columns = batch.columns().iter().cloned().peekable();
         let Some(keys) = columns.next() else {
             return internal_err!("an evaluated batch without its key column");
         };
+        let rows = batch.num_rows();
         let values = self
             .args
             .iter()
-            .map(|exprs| columns.by_ref().take(exprs.len()).collect())
-            .collect();
+            .map(|exprs| {
+                exprs
+                    .iter()
+                    .map(|e| match columns.next_if(|_| !is_literal(e)) {
+                        Some(column) => Ok(column),
+                        None if is_literal(e) => e.evaluate(batch)?.into_array(rows),
+                        None => internal_err!("an evaluated batch without an argument"),
+                    })
+                    .collect::<Result<Vec<_>>>()
+            })
+            .collect::<Result<Vec<_>>>()?;
         let filters = self
             .filters
             .iter()
@@ -439,6 +460,10 @@ impl Inputs {
             filters,
         })
     }
+}
+
+fn is_literal(expr: &Arc<dyn PhysicalExpr>) -> bool {
+    expr.downcast_ref::<Literal>().is_some()
 }
 
 /// One partition's running aggregation.
