@@ -19,6 +19,9 @@ pub struct GroupedEvents<T> {
     /// event ([`NO_KEY`]: none, or one without a key). Eight bytes per group keep this
     /// in cache where the events themselves would not be.
     last: Vec<u64>,
+    /// Nothing was pushed since the last sort: the next one has nothing to do (an
+    /// operator that emits some groups as states and the rest as values sorts twice).
+    sorted: bool,
 }
 
 impl<T> Default for GroupedEvents<T> {
@@ -27,6 +30,7 @@ impl<T> Default for GroupedEvents<T> {
             entries: vec![],
             groups: 0,
             last: vec![],
+            sorted: true,
         }
     }
 }
@@ -39,6 +43,7 @@ impl<T: Copy> GroupedEvents<T> {
     pub fn push(&mut self, group: usize, event: T) {
         let group = u32::try_from(group).expect("funnel functions support up to 2^32 groups");
         self.entries.push((group, event));
+        self.sorted = false;
     }
 
     /// Push `event` unless the last event pushed for `group` had the same compaction
@@ -60,6 +65,9 @@ impl<T: Copy> GroupedEvents<T> {
     /// order in both time-ordered and person-sorted data — so this is close to linear
     /// where a comparison sort of the whole buffer would not be.
     pub fn sort_by_key<K: Ord>(&mut self, key: impl Fn(&T) -> K + Copy) {
+        if std::mem::replace(&mut self.sorted, true) {
+            return;
+        }
         let entries = &mut self.entries;
         // Groups already in order (data sorted by person, or a final phase whose rows
         // are new groups) need no counting sort, only their runs looked at.
