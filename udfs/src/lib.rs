@@ -7,6 +7,7 @@ mod args;
 pub mod attribution;
 pub mod clustered_aggregate;
 pub mod cohort_retention;
+pub mod fast_exprs;
 mod first_non_null;
 pub mod funnel;
 mod grouped;

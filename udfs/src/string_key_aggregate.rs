@@ -40,7 +40,7 @@ use datafusion::physical_plan::{
 };
 use futures::{StreamExt, TryStreamExt};
 
-use crate::{first_non_null, view_eq};
+use crate::fast_exprs::faster;
 use crate::key_map::StringKeyMap;
 
 /// The rule: replaces each `AggregateExec` that [`StringKeyAggregateExec`] can run.
@@ -226,21 +226,6 @@ impl StringKeyAggregateExec {
 
 fn merges_states(mode: &AggregateMode) -> bool {
     matches!(mode, AggregateMode::Final | AggregateMode::FinalPartitioned)
-}
-
-/// `expr` with the parts that have a faster form of our own replaced by it: the person
-/// key `coalesce(user_id, anonymous_id)` ([`first_non_null`]) and conditions such as
-/// `event_name = 'view_item'` ([`view_eq`]). Both give the same values.
-fn faster(expr: Arc<dyn PhysicalExpr>, schema: &Schema) -> Result<Arc<dyn PhysicalExpr>> {
-    expr.transform_up(|e| {
-        let new = view_eq::rewrite(first_non_null::rewrite(Arc::clone(&e), schema)?, schema)?;
-        Ok(if Arc::ptr_eq(&new, &e) {
-            Transformed::no(e)
-        } else {
-            Transformed::yes(new)
-        })
-    })
-    .map(|t| t.data)
 }
 
 impl DisplayAs for StringKeyAggregateExec {
