@@ -112,7 +112,12 @@ fn rewrite(plan: Arc<dyn ExecutionPlan>) -> Result<Transformed<Arc<dyn Execution
         _ => return Ok(Transformed::no(plan)),
     };
     let one_phase = *top.mode() == AggregateMode::SinglePartitioned;
-    match ClusteredAggregateExec::try_new(partial, top.schema(), Arc::clone(top.properties()), one_phase)? {
+    match ClusteredAggregateExec::try_new(
+        partial,
+        top.schema(),
+        Arc::clone(top.properties()),
+        one_phase,
+    )? {
         Some(exec) => Ok(Transformed::yes(Arc::new(exec))),
         None => Ok(Transformed::no(plan)),
     }
@@ -569,7 +574,10 @@ impl ExecutionPlan for ClusteredAggregateExec {
         )
         .into_stream()
         .boxed();
-        Ok(Box::pin(RecordBatchStreamAdapter::new(self.schema(), stream)))
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            self.schema(),
+            stream,
+        )))
     }
 
     fn metrics(&self) -> Option<MetricsSet> {
@@ -642,9 +650,11 @@ mod tests {
                 o.string_key_aggregation = on;
             },
             |b| {
-                b.with_physical_optimizer_rule(Arc::new(crate::single_phase::SinglePhaseEventAggregates))
-                    .with_physical_optimizer_rule(Arc::new(ClusteredAggregates))
-                    .with_physical_optimizer_rule(Arc::new(StringKeyAggregates))
+                b.with_physical_optimizer_rule(Arc::new(
+                    crate::single_phase::SinglePhaseEventAggregates,
+                ))
+                .with_physical_optimizer_rule(Arc::new(ClusteredAggregates))
+                .with_physical_optimizer_rule(Arc::new(StringKeyAggregates))
             },
         );
         let schema = Arc::new(Schema::new(vec![
@@ -716,12 +726,25 @@ mod tests {
     /// As [`run`], with the operator's groups finished in place, groups sent to merge
     /// and input rows sent on unaggregated.
     async fn run_counting(ctx: &SessionContext, sql: &str) -> (Vec<String>, String, [usize; 3]) {
-        let plan = ctx.sql(sql).await.unwrap().create_physical_plan().await.unwrap();
+        let plan = ctx
+            .sql(sql)
+            .await
+            .unwrap()
+            .create_physical_plan()
+            .await
+            .unwrap();
         let batches = collect(Arc::clone(&plan), ctx.task_ctx()).await.unwrap();
         let mut counts = [0; 3];
-        let names = ["groups_finished_in_place", "groups_sent_to_merge", "rows_sent_unaggregated"];
+        let names = [
+            "groups_finished_in_place",
+            "groups_sent_to_merge",
+            "rows_sent_unaggregated",
+        ];
         let _ = plan.apply(|node| {
-            if let Some(m) = node.downcast_ref::<ClusteredAggregateExec>().and_then(|e| e.metrics()) {
+            if let Some(m) = node
+                .downcast_ref::<ClusteredAggregateExec>()
+                .and_then(|e| e.metrics())
+            {
                 let m = m.aggregate_by_name();
                 for (count, name) in counts.iter_mut().zip(names) {
                     *count += m.sum_by_name(name).map_or(0, |v| v.as_usize());
@@ -753,7 +776,10 @@ mod tests {
                     let (got, plan, _) = run(&ours, sql).await;
                     let (want, their_plan, _) = run(&theirs, sql).await;
                     assert!(plan.contains("ClusteredAggregateExec"), "{plan}");
-                    assert!(!their_plan.contains("ClusteredAggregateExec"), "{their_plan}");
+                    assert!(
+                        !their_plan.contains("ClusteredAggregateExec"),
+                        "{their_plan}"
+                    );
                     assert_eq!(got, want, "{layout:?} / {partitions} partitions: {sql}");
                 }
             }
@@ -771,7 +797,10 @@ mod tests {
         // At most the last person of one partition and the first of the next, at each
         // of the two cuts.
         assert!(merged <= 4, "{merged} merged");
-        assert!(finished + merged >= n && finished >= n - 2, "{finished} of {n}");
+        assert!(
+            finished + merged >= n && finished >= n - 2,
+            "{finished} of {n}"
+        );
         // Sorted partitions whose keys interleave, or one partition not sorted: the
         // people within another partition's keys are all merged.
         let (n, (finished, merged)) = people(session(Layout::EachSorted, 3, true).await).await;
@@ -789,12 +818,23 @@ mod tests {
             run_counting(&session(Layout::Unsorted, 2, true).await, one_phase).await;
         let table_rows = {
             let ctx = session(Layout::Unsorted, 2, false).await;
-            let n = ctx.sql("SELECT count(*) FROM t").await.unwrap().collect().await.unwrap();
-            n[0].column(0).as_primitive::<datafusion::arrow::datatypes::Int64Type>().value(0) as usize
+            let n = ctx
+                .sql("SELECT count(*) FROM t")
+                .await
+                .unwrap()
+                .collect()
+                .await
+                .unwrap();
+            n[0].column(0)
+                .as_primitive::<datafusion::arrow::datatypes::Int64Type>()
+                .value(0) as usize
         };
         assert_eq!(finished, 0);
         // Each of the three partitions aggregates its first batch (64 rows) only.
-        assert!(rows >= table_rows - 3 * 64, "{rows} of {table_rows} rows handed on");
+        assert!(
+            rows >= table_rows - 3 * 64,
+            "{rows} of {table_rows} rows handed on"
+        );
         assert!(merged <= 3 * 64, "{merged} groups merged");
         let (_, _, [finished, _, rows]) =
             run_counting(&session(Layout::Sorted, 2, true).await, one_phase).await;

@@ -84,8 +84,13 @@ mod tests {
     async fn session(faster_filters: bool) -> SessionContext {
         let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Utf8View, true)]));
         let names = [
-            Some("view_item"), Some("purchase"), None, Some("begin_checkout"),
-            Some("begin_checkouts"), Some("add_to_cart"), Some("view_items"),
+            Some("view_item"),
+            Some("purchase"),
+            None,
+            Some("begin_checkout"),
+            Some("begin_checkouts"),
+            Some("add_to_cart"),
+            Some("view_items"),
         ];
         let column = StringViewArray::from_iter((0..700).map(|i| names[i % names.len()]));
         let batch = RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(column)]).unwrap();
@@ -124,8 +129,16 @@ mod tests {
             answers.push(pretty_format_batches(&collect(plan, ctx.task_ctx()).await?)?.to_string());
         }
         assert_eq!(answers[0], answers[1]);
-        assert!(answers[1].contains("| view_item      | 100      |"), "{}", answers[1]);
-        assert!(answers[1].contains("| begin_checkout | 100      |"), "{}", answers[1]);
+        assert!(
+            answers[1].contains("| view_item      | 100      |"),
+            "{}",
+            answers[1]
+        );
+        assert!(
+            answers[1].contains("| begin_checkout | 100      |"),
+            "{}",
+            answers[1]
+        );
         Ok(())
     }
 }

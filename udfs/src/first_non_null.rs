@@ -166,11 +166,18 @@ fn first_non_null_views(arrays: &[&StringViewArray]) -> StringViewArray {
     // a time: whole words of valid rows (runs of one person with a user id) are copied
     // in a tight loop, and rows of other words one by one.
     let last = arrays.len() - 1;
-    let mut views: Vec<u128> = arrays[last].views().iter().map(|&v| moved(v, last)).collect();
+    let mut views: Vec<u128> = arrays[last]
+        .views()
+        .iter()
+        .map(|&v| moved(v, last))
+        .collect();
     for k in (0..last).rev() {
         let own = arrays[k].views();
         let Some(valid) = &nulls[k] else {
-            views.iter_mut().zip(own).for_each(|(v, &o)| *v = moved(o, k));
+            views
+                .iter_mut()
+                .zip(own)
+                .for_each(|(v, &o)| *v = moved(o, k));
             continue;
         };
         let bits = valid.inner();
@@ -244,7 +251,9 @@ mod tests {
                 };
                 valid.then(|| {
                     let len = rng.below(20) as usize;
-                    (0..len).map(|_| (b'a' + rng.below(26) as u8) as char).collect()
+                    (0..len)
+                        .map(|_| (b'a' + rng.below(26) as u8) as char)
+                        .collect()
                 })
             })
             .collect()
@@ -292,7 +301,10 @@ mod tests {
             let ctx = SessionContext::new();
             let simplified =
                 ctx.create_physical_expr(simplifier.simplify(coalesce())?, &df_schema)?;
-            assert!(simplified.downcast_ref::<CaseExpr>().is_some(), "{simplified}");
+            assert!(
+                simplified.downcast_ref::<CaseExpr>().is_some(),
+                "{simplified}"
+            );
             let fast = rewrite(Arc::clone(&simplified), &schema)?;
             assert!(fast.downcast_ref::<FirstNonNull>().is_some(), "{fast}");
             for expr in [simplified, fast] {

@@ -25,12 +25,12 @@ use datafusion::arrow::array::{ArrayRef, AsArray, BooleanArray, RecordBatch, Rec
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
-use datafusion::common::{internal_err, Result};
+use datafusion::common::{internal_datafusion_err, internal_err, Result};
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
-use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_expr::expressions::Literal;
+use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::aggregates::{aggregate_expressions, AggregateExec, AggregateMode};
 use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet, MetricsSet};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
@@ -349,30 +349,26 @@ impl Inputs {
     /// what an input partition hands on (fewer and cheaper columns than the input's,
     /// and the key is computed once).
     pub(crate) fn evaluate_to_batch(&self, batch: &RecordBatch) -> Result<RecordBatch> {
-        let Evaluated {
-            keys,
-            values,
-            filters,
-        } = self.evaluate(batch)?;
-        let mut columns = vec![keys];
+        let rows = batch.num_rows();
+        let mut columns = vec![self.key.evaluate(batch)?.into_array(rows)?];
         // Literal arguments (a funnel's window and mode) are made again where the batch
         // arrives ([`Inputs::from_batch`]) instead of being copied row by row.
-        for (exprs, values) in self.args.iter().zip(values) {
-            columns.extend(
-                exprs
-                    .iter()
-                    .zip(values)
-                    .filter(|(e, _)| !is_literal(e))
-                    .map(|(_, v)| v),
-            );
+        for e in self.args.iter().flatten().filter(|e| !is_literal(e)) {
+            columns.push(e.evaluate(batch)?.into_array(rows)?);
         }
-        columns.extend(filters.into_iter().flatten().map(|f| Arc::new(f) as ArrayRef));
+        let filters = self.filter_arrays(batch)?;
+        columns.extend(
+            filters
+                .into_iter()
+                .flatten()
+                .map(|f| Arc::new(f) as ArrayRef),
+        );
         let fields: Vec<_> = columns
             .iter()
             .enumerate()
             .map(|(i, c)| Field::new(format!("c{i}"), c.data_type().clone(), true))
             .collect();
-        let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+        let options = RecordBatchOptions::new().with_row_count(Some(rows));
         Ok(RecordBatch::try_new_with_options(
             Arc::new(Schema::new(fields)),
             columns,
@@ -382,25 +378,20 @@ impl Inputs {
 
     /// The inverse of [`Inputs::evaluate_to_batch`].
     fn from_batch(&self, batch: &RecordBatch) -> Result<Evaluated> {
-        let mut columns = batch.columns().iter().cloned().peekable();
+        let mut columns = batch.columns().iter().cloned();
         let Some(keys) = columns.next() else {
             return internal_err!("an evaluated batch without its key column");
         };
         let rows = batch.num_rows();
-        let values = self
-            .args
-            .iter()
-            .map(|exprs| {
-                exprs
-                    .iter()
-                    .map(|e| match columns.next_if(|_| !is_literal(e)) {
-                        Some(column) => Ok(column),
-                        None if is_literal(e) => e.evaluate(batch)?.into_array(rows),
-                        None => internal_err!("an evaluated batch without an argument"),
-                    })
-                    .collect::<Result<Vec<_>>>()
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let values = self.arg_arrays(|e| {
+            if is_literal(e) {
+                e.evaluate(batch)?.into_array(rows)
+            } else {
+                columns.next().ok_or_else(|| {
+                    internal_datafusion_err!("an evaluated batch without an argument")
+                })
+            }
+        })?;
         let filters = self
             .filters
             .iter()
@@ -419,31 +410,35 @@ impl Inputs {
 
     fn evaluate(&self, batch: &RecordBatch) -> Result<Evaluated> {
         let rows = batch.num_rows();
-        let keys = self.key.evaluate(batch)?.into_array(rows)?;
-        let values = self
-            .args
+        Ok(Evaluated {
+            keys: self.key.evaluate(batch)?.into_array(rows)?,
+            values: self.arg_arrays(|e| e.evaluate(batch)?.into_array(rows))?,
+            filters: self.filter_arrays(batch)?,
+        })
+    }
+
+    /// Per aggregate, the arrays of its arguments, each made by `array`, in order.
+    fn arg_arrays(
+        &self,
+        mut array: impl FnMut(&Arc<dyn PhysicalExpr>) -> Result<ArrayRef>,
+    ) -> Result<Vec<Vec<ArrayRef>>> {
+        self.args
             .iter()
-            .map(|exprs| {
-                exprs
-                    .iter()
-                    .map(|e| e.evaluate(batch)?.into_array(rows))
-                    .collect::<Result<Vec<_>>>()
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let filters = self
-            .filters
+            .map(|exprs| exprs.iter().map(&mut array).collect())
+            .collect()
+    }
+
+    /// Per aggregate, its FILTER's values for `batch`.
+    fn filter_arrays(&self, batch: &RecordBatch) -> Result<Vec<Option<BooleanArray>>> {
+        let rows = batch.num_rows();
+        self.filters
             .iter()
             .map(|f| {
                 f.as_ref()
                     .map(|f| Ok(f.evaluate(batch)?.into_array(rows)?.as_boolean().clone()))
                     .transpose()
             })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Evaluated {
-            keys,
-            values,
-            filters,
-        })
+            .collect()
     }
 }
 
@@ -530,7 +525,12 @@ impl Aggregation {
             values,
             filters,
         } = evaluated;
-        Self::assign_groups(&mut self.map, &mut self.sorted, keys.as_ref(), &mut self.groups)?;
+        Self::assign_groups(
+            &mut self.map,
+            &mut self.sorted,
+            keys.as_ref(),
+            &mut self.groups,
+        )?;
         let total = self.map.len();
         for ((acc, values), filter) in self.accumulators.iter_mut().zip(&values).zip(&filters) {
             if merge {
@@ -547,7 +547,11 @@ impl Aggregation {
         self.reservation.try_resize(size)
     }
 
-    pub(crate) fn push(&mut self, batch: RecordBatch, ready: &mut VecDeque<RecordBatch>) -> Result<()> {
+    pub(crate) fn push(
+        &mut self,
+        batch: RecordBatch,
+        ready: &mut VecDeque<RecordBatch>,
+    ) -> Result<()> {
         let time = self.metrics.elapsed_compute().clone();
         let timer = time.timer();
         let evaluated = self.inputs.evaluate(&batch)?;

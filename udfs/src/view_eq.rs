@@ -178,9 +178,20 @@ mod tests {
     async fn same_answers_as_arrows_kernel() -> Result<()> {
         let mut rng = Random(11);
         let words = [
-            "", "a", "view_item", "view_iten", "add_to_cart", "begin_checkout",
-            "begin_checkouT", "begin_checkou", "begi", "purchase", "purchase_", "abcdefghijkl",
-            "abcdefghijklm", "abcdefghijkl_",
+            "",
+            "a",
+            "view_item",
+            "view_iten",
+            "add_to_cart",
+            "begin_checkout",
+            "begin_checkouT",
+            "begin_checkou",
+            "begi",
+            "purchase",
+            "purchase_",
+            "abcdefghijkl",
+            "abcdefghijklm",
+            "abcdefghijkl_",
         ];
         let values: Vec<Option<&str>> = (0..3000)
             .map(|_| {
@@ -197,11 +208,17 @@ mod tests {
         let batch = RecordBatch::try_new(Arc::clone(&schema), vec![values.clone()])?;
         let df_schema = DFSchema::try_from(schema.as_ref().clone())?;
         for word in words {
-            let fast = rewrite(planned(&df_schema, col("event_name").eq(lit(word)))?, &schema)?;
+            let fast = rewrite(
+                planned(&df_schema, col("event_name").eq(lit(word)))?,
+                &schema,
+            )?;
             assert!(fast.downcast_ref::<ViewEqLiteral>().is_some(), "{fast}");
             let flipped = planned(&df_schema, lit(word).eq(col("event_name")))?;
             let flipped = rewrite(flipped, &schema)?;
-            assert!(flipped.downcast_ref::<ViewEqLiteral>().is_some(), "{flipped}");
+            assert!(
+                flipped.downcast_ref::<ViewEqLiteral>().is_some(),
+                "{flipped}"
+            );
             let want = eq(&values, &StringViewArray::new_scalar(word))?;
             for expr in [fast, flipped] {
                 let got = expr.evaluate(&batch)?.into_array(batch.num_rows())?;
