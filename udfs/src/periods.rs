@@ -91,6 +91,59 @@ pub fn calendar_period(us: i64, unit: Unit, calendar: &Calendar) -> i64 {
     }
 }
 
+/// [`calendar_period`] for instants that mostly fall in the same period as the one
+/// before (rows of one person in time order, or a time-ordered file): with a fixed
+/// offset and days or weeks it remembers the last period's bounds and compares, where
+/// otherwise every row pays two divisions or a time-zone lookup.
+pub struct PeriodFinder<'a> {
+    unit: Unit,
+    calendar: &'a Calendar,
+    /// The last period found and the instants it spans, `[from, until)` (empty at first,
+    /// and always for zones with changing offsets and for months).
+    from: i64,
+    until: i64,
+    period: i64,
+}
+
+impl<'a> PeriodFinder<'a> {
+    pub fn new(unit: Unit, calendar: &'a Calendar) -> Self {
+        PeriodFinder {
+            unit,
+            calendar,
+            from: 0,
+            until: 0,
+            period: 0,
+        }
+    }
+
+    #[inline]
+    pub fn period(&mut self, us: i64) -> i64 {
+        if self.from <= us && us < self.until {
+            return self.period;
+        }
+        self.find(us)
+    }
+
+    fn find(&mut self, us: i64) -> i64 {
+        let period = calendar_period(us, self.unit, self.calendar);
+        let first_day = match self.unit {
+            Unit::Day => Some(period),
+            Unit::Week => period.checked_mul(7).map(|d| d - EPOCH_MONDAY),
+            Unit::Month => None,
+        };
+        let days = if self.unit == Unit::Week { 7 } else { 1 };
+        let bounds = first_day
+            .zip(self.calendar.fixed_offset_us)
+            .and_then(|(day, offset)| {
+                let from = day.checked_mul(86_400_000_000)?.checked_sub(offset)?;
+                Some((from, from.checked_add(days * 86_400_000_000)?))
+            });
+        (self.from, self.until) = bounds.unwrap_or((0, 0));
+        self.period = period;
+        period
+    }
+}
+
 /// The first local date of a calendar period.
 pub fn period_first_day(period: i64, unit: Unit) -> NaiveDate {
     let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).expect("valid");
@@ -198,6 +251,44 @@ mod tests {
             period_start(calendar_period(sun2, Unit::Month, &sh), Unit::Month, &sh),
             us("2026-01-31T16:00:00Z")
         );
+    }
+
+    #[test]
+    fn the_period_finder_agrees_with_calendar_period() {
+        let mut r = crate::test_random::Random(5);
+        for zone in ["UTC", "+08:00", "-03:30", "America/New_York"] {
+            let calendar = Calendar::parse(zone).unwrap();
+            for unit in [Unit::Day, Unit::Week, Unit::Month] {
+                let mut finder = PeriodFinder::new(unit, &calendar);
+                // Mostly small steps forward, sometimes back, sometimes far, and the
+                // instants either side of local midnights.
+                let mut us = us("2026-03-01T00:00:00Z");
+                for _ in 0..5000 {
+                    us += match r.below(10) {
+                        0 => -(r.below(1 << 20) as i64) * 1_000_000,
+                        1 => r.below(1 << 30) as i64 * 1_000_000,
+                        _ => r.below(1 << 14) as i64 * 1_000_000,
+                    };
+                    for t in [
+                        us,
+                        us - us.rem_euclid(900_000_000),
+                        us - us.rem_euclid(900_000_000) - 1,
+                    ] {
+                        assert_eq!(
+                            finder.period(t),
+                            calendar_period(t, unit, &calendar),
+                            "{zone} {unit:?} {t}"
+                        );
+                    }
+                }
+            }
+        }
+        // Instants so far out that a period's bounds overflow still get their period.
+        let utc = Calendar::parse("UTC").unwrap();
+        let mut finder = PeriodFinder::new(Unit::Week, &utc);
+        for t in [i64::MAX, i64::MIN, i64::MAX - 1, 0] {
+            assert_eq!(finder.period(t), calendar_period(t, Unit::Week, &utc));
+        }
     }
 
     #[test]
