@@ -24,7 +24,9 @@
 //! hands its rows on unaggregated from the first batch out of order, and the output
 //! partition aggregates them once, as that plan did (merging it with a partial phase
 //! had made attribution 25% slower and doubled its memory on time-ordered data). The
-//! output is hash-partitioned by the key exactly as the final aggregation's was.
+//! output is hash-partitioned by the key exactly as the final aggregation's was, unless
+//! nothing above relies on that (see [`values_in_place`]): then the people finished in
+//! an input partition stay in the output partition of the same number.
 //!
 //! `SET tidepool.clustered_aggregation = false` keeps the two-phase plan.
 
@@ -38,12 +40,13 @@ use datafusion::arrow::array::RecordBatch;
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::runtime::SpawnedTask;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
-use datafusion::common::{internal_err, DataFusionError, Result};
+use datafusion::common::{internal_datafusion_err, internal_err, DataFusionError, Result};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::expressions::Column;
-use datafusion::physical_expr::Partitioning;
+use datafusion::physical_expr::{Distribution, Partitioning};
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
+use datafusion::physical_plan::execution_plan::replace_children_if_necessary;
 use datafusion::physical_plan::metrics::{
     Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet,
 };
@@ -74,7 +77,8 @@ impl PhysicalOptimizerRule for ClusteredAggregates {
         if !options.clustered_aggregation || !options.string_key_aggregation {
             return Ok(plan);
         }
-        Ok(plan.transform_up(rewrite)?.data)
+        let plan = plan.transform_up(rewrite)?.data;
+        Ok(values_in_place(plan, false)?.data)
     }
 
     fn name(&self) -> &str {
@@ -123,6 +127,50 @@ fn rewrite(plan: Arc<dyn ExecutionPlan>) -> Result<Transformed<Arc<dyn Execution
     }
 }
 
+/// Walks down from the root and gives each [`ClusteredAggregateExec`] whose output's
+/// hash partitioning nothing above relies on its values in place. `needed`: the
+/// partitioning of `plan`'s output may be relied on (by an operator that requires a
+/// hash partitioning, through operators that pass it on).
+fn values_in_place(
+    plan: Arc<dyn ExecutionPlan>,
+    needed: bool,
+) -> Result<Transformed<Arc<dyn ExecutionPlan>>> {
+    if let Some(exec) = plan.downcast_ref::<ClusteredAggregateExec>() {
+        if !needed && !exec.values_in_place {
+            return Ok(Transformed::yes(Arc::new(exec.with_values_in_place()?)));
+        }
+    }
+    let requirements = plan.input_distribution_requirements();
+    // An operator whose output is hash-partitioned may have that partitioning from its
+    // input (a repartition makes its own). Operators of several inputs (joins, unions,
+    // interleaves) may need them partitioned alike: left as they are.
+    let passes_on = matches!(plan.output_partitioning(), Partitioning::Hash(..))
+        && plan.downcast_ref::<RepartitionExec>().is_none();
+    let several = plan.children().len() > 1;
+    let mut changed = false;
+    let children = plan
+        .children()
+        .into_iter()
+        .enumerate()
+        .map(|(i, child)| {
+            let required = !matches!(
+                requirements.child_distribution(i),
+                Some(Distribution::UnspecifiedDistribution | Distribution::SinglePartition)
+            );
+            let child_needed = required || several || (passes_on && needed);
+            let child = values_in_place(Arc::clone(child), child_needed)?;
+            changed |= child.transformed;
+            Ok(child.data)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if !changed {
+        return Ok(Transformed::no(plan));
+    }
+    Ok(Transformed::yes(replace_children_if_necessary(
+        plan, children,
+    )?))
+}
+
 /// See the module docs.
 #[derive(Debug)]
 pub struct ClusteredAggregateExec {
@@ -130,7 +178,16 @@ pub struct ClusteredAggregateExec {
     partial: StringKeyAggregateExec,
     merge: StringKeyAggregateExec,
     /// Those of the aggregation replaced: output schema, hash partitioning by the key.
+    hashed: Arc<PlanProperties>,
+    /// What it declares: `hashed`, or with `values_in_place` the same with the
+    /// partitioning unknown.
     properties: Arc<PlanProperties>,
+    /// Nothing above relies on the output being partitioned by the key's hash: people
+    /// finished where they were read stay in that partition's output instead of being
+    /// hashed and copied into another's (states still meet by the key's hash). With
+    /// hundreds of thousands of people, copying a list per person was 9% of a
+    /// retention matrix on person-sorted data.
+    values_in_place: bool,
     partition_exprs: Vec<Arc<dyn PhysicalExpr>>,
     partitions: usize,
     /// The plan replaced ran in one phase (`SinglePartitioned`): an input partition
@@ -178,10 +235,31 @@ impl ClusteredAggregateExec {
             partition_exprs: exprs.clone(),
             partitions: *partitions,
             one_phase,
+            hashed: Arc::clone(&properties),
             properties,
+            values_in_place: false,
             execution: Mutex::new(None),
             metrics: ExecutionPlanMetricsSet::new(),
         }))
+    }
+
+    /// The same operator, leaving values in the partition that finished them.
+    fn with_values_in_place(&self) -> Result<Self> {
+        let mut exec = Self::try_new(
+            self.partial.aggregate().clone(),
+            self.schema(),
+            Arc::clone(&self.hashed),
+            self.one_phase,
+        )?
+        .ok_or_else(|| internal_datafusion_err!("ClusteredAggregateExec no longer applies"))?;
+        exec.properties = Arc::new(
+            self.hashed
+                .as_ref()
+                .clone()
+                .with_partitioning(Partitioning::UnknownPartitioning(self.partitions)),
+        );
+        exec.values_in_place = true;
+        Ok(exec)
     }
 
     fn input(&self) -> &Arc<dyn ExecutionPlan> {
@@ -228,6 +306,7 @@ impl ClusteredAggregateExec {
                 batch_size: context.session_config().batch_size(),
                 finished: MetricBuilder::new(&self.metrics).counter("groups_finished_in_place", i),
                 merged: MetricBuilder::new(&self.metrics).counter("groups_sent_to_merge", i),
+                values_to: self.values_in_place.then_some(i % self.partitions),
             };
             let values_schema = self.schema();
             let meeting = Arc::clone(&meeting);
@@ -294,6 +373,9 @@ struct Router {
     /// Rows sent as values, and as states.
     finished: Count,
     merged: Count,
+    /// Values go to this output partition, not by their key's hash (see
+    /// [`ClusteredAggregateExec::values_in_place`]).
+    values_to: Option<usize>,
 }
 
 impl Router {
@@ -304,6 +386,7 @@ impl Router {
             batch_size,
             finished,
             merged,
+            values_to,
             ..
         } = self;
         if states {
@@ -312,6 +395,14 @@ impl Router {
             finished.add(batch.num_rows());
         }
         let mut offset = 0;
+        if let (false, Some(p)) = (states, *values_to) {
+            while offset < batch.num_rows() {
+                let len = (*batch_size).min(batch.num_rows() - offset);
+                let _ = senders[p].unbounded_send(Ok(Message::Values(batch.slice(offset, len))));
+                offset += len;
+            }
+            return Ok(());
+        }
         while offset < batch.num_rows() {
             let len = (*batch_size).min(batch.num_rows() - offset);
             partitioner.partition(batch.slice(offset, len), |p, part| {
@@ -478,7 +569,11 @@ impl DisplayAs for ClusteredAggregateExec {
             "ClusteredAggregateExec: gby=[{key}], aggr=[{}], partitions={}",
             names.join(", "),
             self.partitions
-        )
+        )?;
+        if self.values_in_place {
+            write!(f, ", values=in_place")?;
+        }
+        Ok(())
     }
 }
 
@@ -522,9 +617,10 @@ impl ExecutionPlan for ClusteredAggregateExec {
         match Self::try_new(
             partial.clone(),
             self.schema(),
-            Arc::clone(&self.properties),
+            Arc::clone(&self.hashed),
             self.one_phase,
         )? {
+            Some(exec) if self.values_in_place => Ok(Arc::new(exec.with_values_in_place()?)),
             Some(exec) => Ok(Arc::new(exec)),
             None => internal_err!("ClusteredAggregateExec no longer applies to its new input"),
         }
@@ -705,7 +801,7 @@ mod tests {
         ctx
     }
 
-    const QUERIES: [&str; 6] = [
+    const QUERIES: [&str; 9] = [
         "SELECT k, count(*), sum(v), count(v) FILTER (WHERE v > 5), min(ts), max(v) FROM t GROUP BY k",
         "SELECT k, window_funnel(10, '', ts, v > 2, v > 5, v > 7) AS level FROM t GROUP BY k",
         "SELECT k, retention(v = 1, v = 2), sequence_count('(?1)(?2)', ts, v = 1, v = 2) FROM t GROUP BY k",
@@ -714,6 +810,11 @@ mod tests {
         "SELECT k, sequence_next_node('forward', 'head', ts, CAST(v AS VARCHAR), true) FROM t GROUP BY k",
         "SELECT level, count(*) FROM (SELECT window_funnel(10, '', ts, v > 2, v > 5) AS level FROM t GROUP BY k) GROUP BY level",
         "SELECT k FROM t GROUP BY k",
+        // Operators above that rely on the output being partitioned by the key: an
+        // aggregation by the key again, a window partitioned by it, a join on it.
+        "SELECT k, count(*), max(level) FROM (SELECT k, window_funnel(10, '', ts, v > 2, v > 5) AS level FROM t GROUP BY k) GROUP BY k",
+        "SELECT k, level, row_number() OVER (PARTITION BY k ORDER BY level) FROM (SELECT k, window_funnel(10, '', ts, v > 2, v > 5) AS level FROM t GROUP BY k)",
+        "SELECT a.k, a.level, b.n FROM (SELECT k, window_funnel(10, '', ts, v > 2) AS level FROM t GROUP BY k) a JOIN (SELECT k, count(*) AS n FROM t GROUP BY k) b ON a.k = b.k",
     ];
 
     /// The rows of `sql`'s answer, sorted; its plan; and the operator's
@@ -783,6 +884,34 @@ mod tests {
                     assert_eq!(got, want, "{layout:?} / {partitions} partitions: {sql}");
                 }
             }
+        }
+    }
+
+    #[tokio::test]
+    async fn values_stay_in_place_only_where_nothing_needs_the_key_partitioning() {
+        let ours = session(Layout::Sorted, 2, true).await;
+        let theirs = session(Layout::Sorted, 2, false).await;
+        // A join of both sides partitioned by the key, not one side collected: a person
+        // left in the partition that read them would not meet their other side.
+        for ctx in [&ours, &theirs] {
+            for setting in [
+                "hash_join_single_partition_threshold",
+                "hash_join_single_partition_threshold_rows",
+            ] {
+                let sql = format!("SET datafusion.optimizer.{setting} = 0");
+                ctx.sql(&sql).await.unwrap().collect().await.unwrap();
+            }
+        }
+        // Counted per level: the people finished in place need not move.
+        let (_, plan, _) = run(&ours, QUERIES[4]).await;
+        assert!(plan.contains("values=in_place"), "{plan}");
+        // Grouped, windowed or joined by the key above: they must.
+        for sql in &QUERIES[6..] {
+            let (got, plan, _) = run(&ours, sql).await;
+            assert!(plan.contains("ClusteredAggregateExec"), "{plan}");
+            assert!(!plan.contains("values=in_place"), "{sql}\n{plan}");
+            let (want, _, _) = run(&theirs, sql).await;
+            assert_eq!(got, want, "{sql}");
         }
     }
 
