@@ -336,15 +336,25 @@ impl StringKeyMap {
         match keys.data_type() {
             DataType::Utf8View => {
                 let keys = keys.as_any().downcast_ref::<StringViewArray>().unwrap();
-                self.push_sorted_rows(keys.len(), |i| keys.value(i).as_bytes(), groups)
+                // A row whose view equals the previous row's has its key: the same inline
+                // bytes, or the same bytes in the same buffer. One person's rows often do
+                // (short keys, or keys read from a dictionary page), and then there is no
+                // byte comparison.
+                let views = keys.views();
+                self.push_sorted_rows(
+                    keys.len(),
+                    |i| keys.value(i).as_bytes(),
+                    |i| i > 0 && views[i] == views[i - 1],
+                    groups,
+                )
             }
             DataType::Utf8 => {
                 let keys = keys.as_any().downcast_ref::<StringArray>().unwrap();
-                self.push_sorted_rows(keys.len(), |i| keys.value(i).as_bytes(), groups)
+                self.push_sorted_rows(keys.len(), |i| keys.value(i).as_bytes(), |_| false, groups)
             }
             DataType::LargeUtf8 => {
                 let keys = keys.as_any().downcast_ref::<LargeStringArray>().unwrap();
-                self.push_sorted_rows(keys.len(), |i| keys.value(i).as_bytes(), groups)
+                self.push_sorted_rows(keys.len(), |i| keys.value(i).as_bytes(), |_| false, groups)
             }
             other => internal_err!("string key map given a {other} key"),
         }
@@ -354,12 +364,19 @@ impl StringKeyMap {
         &mut self,
         rows: usize,
         value: impl Fn(usize) -> &'a [u8],
+        same_as_previous_row: impl Fn(usize) -> bool,
         groups: &mut Vec<usize>,
     ) -> Result<bool> {
         let (groups_before, bytes_before, rows_before) =
             (self.ends.len(), self.bytes.len(), groups.len());
         groups.reserve(rows);
         for i in 0..rows {
+            if same_as_previous_row(i) {
+                // (Row i - 1 of this batch was pushed last.)
+                let previous = groups[groups.len() - 1];
+                groups.push(previous);
+                continue;
+            }
             let key = value(i);
             let group = match self.ends.len().checked_sub(1) {
                 Some(last) => match key.cmp(self.key_bytes(last)) {
