@@ -66,26 +66,12 @@ impl FunnelSpec {
                 let mut any = false;
                 for (k, cond) in conds.iter().enumerate() {
                     if cond.value(row) {
-                        emit(
-                            row,
-                            Event {
-                                ts: t,
-                                step: k as u8 + 1,
-                                row: row_id,
-                            },
-                        );
+                        emit(row, Event::new(t, k as u8 + 1, row_id));
                         any = true;
                     }
                 }
                 if !any {
-                    emit(
-                        row,
-                        Event {
-                            ts: t,
-                            step: 0,
-                            row: row_id,
-                        },
-                    );
+                    emit(row, Event::new(t, 0, row_id));
                 }
                 row_id += 1;
             }
@@ -100,14 +86,7 @@ impl FunnelSpec {
             let t = ts.value(row);
             for (k, cond) in conds.iter().enumerate() {
                 if cond.value(row) {
-                    emit(
-                        row,
-                        Event {
-                            ts: t,
-                            step: k as u8 + 1,
-                            row: row_id + row as u64,
-                        },
-                    );
+                    emit(row, Event::new(t, k as u8 + 1, row_id + row as u64));
                 }
             }
         }
@@ -160,8 +139,8 @@ impl FlatEvents for FunnelSpec {
 
     fn state_lists(&self, entries: &[(u32, Event)], n: usize) -> Vec<ArrayRef> {
         let ts = Int64Array::from_iter_values(entries.iter().map(|e| e.1.ts));
-        let step = UInt8Array::from_iter_values(entries.iter().map(|e| e.1.step));
-        let row = UInt64Array::from_iter_values(entries.iter().map(|e| e.1.row));
+        let step = UInt8Array::from_iter_values(entries.iter().map(|e| e.1.step()));
+        let row = UInt64Array::from_iter_values(entries.iter().map(|e| e.1.row()));
         group_lists(
             entries,
             n,
@@ -193,12 +172,12 @@ impl FlatEvents for FunnelSpec {
                 current = row;
                 base = self.next_row;
             }
-            let event = Event {
-                ts: ts_values.value(j),
-                step: step_values.value(j),
-                row: base + row_values.value(j),
-            };
-            self.next_row = self.next_row.max(event.row + 1);
+            let event = Event::new(
+                ts_values.value(j),
+                step_values.value(j),
+                base + row_values.value(j),
+            );
+            self.next_row = self.next_row.max(event.row() + 1);
             push(row, event);
         });
         Ok(())

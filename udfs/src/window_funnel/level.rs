@@ -7,14 +7,36 @@
 
 use super::options::FunnelOptions;
 
-/// One (row, condition) pair: `step` is the 1-based condition, or 0 for a row that
-/// matches none (kept only in strict_order mode, where such a row breaks the chain).
+/// One (row, condition) pair: its time, and in one word its step (the 1-based
+/// condition, or 0 for a row that matches none, kept only in strict_order mode, where
+/// such a row breaks the chain) above the input row it came from (strict_once: a row
+/// counts once per chain). Sixteen bytes, and it sorts by (ts, step, row): millions of
+/// them are buffered, and the buffer is sorted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Event {
     pub ts: i64,
-    pub step: u8,
-    /// Which input row it came from (strict_once: a row counts once per chain).
-    pub row: u64,
+    step_row: u64,
+}
+
+/// Row ids below this (2^56) fit beside the step.
+const ROW_LIMIT: u64 = 1 << 56;
+
+impl Event {
+    pub fn new(ts: i64, step: u8, row: u64) -> Self {
+        debug_assert!(row < ROW_LIMIT);
+        Event {
+            ts,
+            step_row: (step as u64) << 56 | (row & (ROW_LIMIT - 1)),
+        }
+    }
+
+    pub fn step(&self) -> u8 {
+        (self.step_row >> 56) as u8
+    }
+
+    pub fn row(&self) -> u64 {
+        self.step_row & (ROW_LIMIT - 1)
+    }
 }
 
 /// The level reached by a group whose events are `events`, sorted by (ts, step, row).
@@ -52,14 +74,14 @@ fn level(events: &[Event], o: &FunnelOptions) -> u8 {
     let mut started = false;
     for e in events {
         let ts = e.ts;
-        if e.step == 0 {
+        if e.step() == 0 {
             // strict_order: a row matching no step ends the search once a chain started.
             if started {
                 break;
             }
             continue;
         }
-        let idx = e.step as usize - 1;
+        let idx = e.step() as usize - 1;
         if idx == 0 {
             reached[0] = Some((ts, ts));
             started = true;
@@ -99,18 +121,18 @@ fn level_counting_rows_once(events: &[Event], o: &FunnelOptions) -> u8 {
     let mut chains: Vec<Vec<Chain>> = vec![vec![]; o.steps];
     let mut started = false;
     for e in events {
-        if e.step == 0 {
+        if e.step() == 0 {
             if started {
                 break;
             }
             continue;
         }
-        let idx = e.step as usize - 1;
+        let idx = e.step() as usize - 1;
         if idx == 0 {
             chains[0].push(Chain {
                 first: e.ts,
                 last: e.ts,
-                rows: vec![e.row],
+                rows: vec![e.row()],
             });
             started = true;
         } else if mode.strict_deduplication && !chains[idx].is_empty() {
@@ -134,11 +156,11 @@ fn level_counting_rows_once(events: &[Event], o: &FunnelOptions) -> u8 {
                     continue;
                 }
                 let fits = in_window
-                    && !chain.rows.contains(&e.row)
+                    && !chain.rows.contains(&e.row())
                     && (!mode.strict_increase || chain.last < e.ts);
                 if fits {
                     let mut rows = chain.rows.clone();
-                    rows.push(e.row);
+                    rows.push(e.row());
                     next.push(Chain {
                         first: chain.first,
                         last: e.ts,

@@ -9,18 +9,10 @@ fn events(rows: &[(i64, &[u8])], strict_order: bool) -> Vec<Event> {
     let mut out = vec![];
     for (row, (ts, steps)) in rows.iter().enumerate() {
         for s in *steps {
-            out.push(Event {
-                ts: *ts,
-                step: *s,
-                row: row as u64,
-            });
+            out.push(Event::new(*ts, *s, row as u64));
         }
         if steps.is_empty() && strict_order {
-            out.push(Event {
-                ts: *ts,
-                step: 0,
-                row: row as u64,
-            });
+            out.push(Event::new(*ts, 0, row as u64));
         }
     }
     out.sort();
