@@ -27,8 +27,10 @@ const LONG_MARK: u128 = 0xFF << 120;
 /// No key packs to this value (a long key's bits 64..120 are zero), so it marks an
 /// empty slot, and "no previous row".
 const NO_KEY: u128 = u128::MAX;
-/// How many runs of equal keys ahead the table lines are prefetched.
-const PREFETCH_AHEAD: usize = 16;
+/// How many runs of equal keys ahead the table lines are prefetched (a line comes from
+/// the shared cache or memory in about as long as the loop takes for a few dozen runs;
+/// 48 took 2–4% less CPU than 16 on time-ordered data).
+const PREFETCH_AHEAD: usize = 48;
 
 /// One table slot: a whole cache line holds two, and none straddles two lines.
 #[derive(Clone, Copy)]
@@ -470,6 +472,10 @@ impl StringKeyMap {
     fn intern_views(&mut self, keys: &StringViewArray, groups: &mut Vec<usize>) -> Result<()> {
         self.pack_views(keys);
         let runs = std::mem::take(&mut self.scratch);
+        // The first runs' lines too, which the loop below would not prefetch.
+        for run in runs.iter().take(PREFETCH_AHEAD) {
+            prefetch(&self.slots[self.home(run.hash)]);
+        }
         let mut start = 0;
         for (r, run) in runs.iter().enumerate() {
             // Runs, not rows, ahead: on data sorted by person a run is one person's rows,
