@@ -269,11 +269,10 @@ mod tests {
                         1 => r.below(1 << 30) as i64 * 1_000_000,
                         _ => r.below(1 << 14) as i64 * 1_000_000,
                     };
-                    for t in [
-                        us,
-                        us - us.rem_euclid(900_000_000),
-                        us - us.rem_euclid(900_000_000) - 1,
-                    ] {
+                    // A quarter-hour boundary just after an instant before it: at a
+                    // period's end the finder must not keep the period it had.
+                    let quarter = us - us.rem_euclid(900_000_000);
+                    for t in [us, quarter - 1, quarter, quarter + 1] {
                         assert_eq!(
                             finder.period(t),
                             calendar_period(t, unit, &calendar),

@@ -858,12 +858,13 @@ mod tests {
             let mut writer = RowWriter::new(&o);
             let mut want = vec![];
             for _ in 0..300 {
-                // Up to 120 days from 2026-01-01 (across the March DST change), some
-                // events at the same instant.
-                let mut events: Vec<CohortEvent> = (0..r.below(12))
+                // Up to 200 days from 2026-01-01 (across both DST changes, and more
+                // days than the writer remembers period starts for), some events at
+                // the same instant.
+                let mut events: Vec<CohortEvent> = (0..r.below(24))
                     .map(|_| {
                         let ts = 1_767_225_600_000_000
-                            + r.below(120) as i64 * US_PER_DAY / 2
+                            + r.below(400) as i64 * US_PER_DAY / 2
                             + r.below(3) as i64 * 1_000_000;
                         let flags = 1 + r.below(3) as u8;
                         let value = if r.below(3) == 0 {
