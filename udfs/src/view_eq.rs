@@ -129,9 +129,10 @@ fn eq_literal(values: &StringViewArray, literal: &[u8]) -> BooleanArray {
         let mask = u128::MAX >> (96 - 8 * len);
         let (want_lo, want_hi) = (want as u64, (want >> 64) as u64);
         let (mask_lo, mask_hi) = (mask as u64, (mask >> 64) as u64);
-        bits_where(views, |view| {
+        let words = bits_where(views, |view| {
             (view as u64 & mask_lo == want_lo) & ((view >> 64) as u64 & mask_hi == want_hi)
-        })
+        });
+        BooleanBuffer::new(words.into(), 0, views.len())
     } else {
         // Length and the 4-byte prefix in the low 64 bits, then the bytes in the buffer
         // for the rows that pass that.
@@ -139,9 +140,8 @@ fn eq_literal(values: &StringViewArray, literal: &[u8]) -> BooleanArray {
         head[..4].copy_from_slice(&(len as u32).to_le_bytes());
         head[4..].copy_from_slice(&literal[..4]);
         let want = u64::from_le_bytes(head);
-        let candidates = bits_where(views, |view| view as u64 == want);
+        let mut words = bits_where(views, |view| view as u64 == want);
         let buffers = values.data_buffers();
-        let mut words: Vec<u64> = candidates.inner().typed_data::<u64>().to_vec();
         for (w, word) in words.iter_mut().enumerate() {
             let mut left = *word;
             while left != 0 {
@@ -160,9 +160,9 @@ fn eq_literal(values: &StringViewArray, literal: &[u8]) -> BooleanArray {
     BooleanArray::new(equal, values.logical_nulls())
 }
 
-/// The bits of `test(view)` for every view, 64 at a time (without a bounds check per
-/// row, so that the loop is vectorised).
-fn bits_where(views: &[u128], test: impl Fn(u128) -> bool) -> BooleanBuffer {
+/// The bits of `test(view)` for every view as 64-bit words, 64 views at a time (without
+/// a bounds check per row, so that the loop is vectorised).
+fn bits_where(views: &[u128], test: impl Fn(u128) -> bool) -> Vec<u64> {
     let mut words = Vec::with_capacity(views.len().div_ceil(64));
     for chunk in views.chunks(64) {
         let mut word = 0u64;
@@ -171,7 +171,7 @@ fn bits_where(views: &[u128], test: impl Fn(u128) -> bool) -> BooleanBuffer {
         }
         words.push(word);
     }
-    BooleanBuffer::new(words.into(), 0, views.len())
+    words
 }
 
 #[cfg(test)]
