@@ -115,12 +115,59 @@ fn prefetch(slot: &Slot) {
     let _ = slot;
 }
 
-/// `n` empty slots. A large table asks for huge pages: its lookups land anywhere in it,
-/// and with 4 KiB pages nearly every one would also miss the TLB.
+/// Tables of at least this many bytes get huge pages and are kept for reuse.
+const LARGE_TABLE: usize = 4 << 20;
+/// The most bytes of freed tables kept for the next ones (see [`SPARE_TABLES`]).
+const SPARE_TABLES_BYTES: usize = 256 << 20;
+
+/// Large tables freed by finished maps, kept for the next maps of their size. A fresh
+/// table's pages come from the kernel, which zeroes them on first touch; in a virtual
+/// machine that also makes the host back them again, and on 10M time-ordered events
+/// that was 5% of a funnel's CPU time, paid again by every query. Refilling a kept
+/// table with `EMPTY` costs a fraction of that. Bounded by [`SPARE_TABLES_BYTES`].
+static SPARE_TABLES: std::sync::Mutex<Vec<Vec<Slot>>> = std::sync::Mutex::new(Vec::new());
+
+fn table_bytes(table: &Vec<Slot>) -> usize {
+    table.capacity() * std::mem::size_of::<Slot>()
+}
+
+/// A kept table of exactly `n` slots, if there is one.
+fn spare_table(n: usize) -> Option<Vec<Slot>> {
+    let mut spare = SPARE_TABLES.lock().unwrap_or_else(|e| e.into_inner());
+    let i = spare.iter().position(|t| t.capacity() == n)?;
+    Some(spare.swap_remove(i))
+}
+
+/// Keep a large table that is no longer used, dropping the smallest kept ones (or this
+/// one) to stay within the bound.
+fn keep_table(mut table: Vec<Slot>) {
+    if table_bytes(&table) < LARGE_TABLE || table_bytes(&table) > SPARE_TABLES_BYTES {
+        return;
+    }
+    table.clear();
+    let mut spare = SPARE_TABLES.lock().unwrap_or_else(|e| e.into_inner());
+    spare.push(table);
+    spare.sort_unstable_by_key(|t| std::cmp::Reverse(t.capacity()));
+    let mut kept = 0;
+    spare.retain(|t| {
+        kept += table_bytes(t);
+        kept <= SPARE_TABLES_BYTES
+    });
+}
+
+/// `n` empty slots. A large table is a kept one when there is one; a new one asks for
+/// huge pages: its lookups land anywhere in it, and with 4 KiB pages nearly every one
+/// would also miss the TLB.
 fn empty_slots(n: usize) -> Vec<Slot> {
+    if n * std::mem::size_of::<Slot>() >= LARGE_TABLE {
+        if let Some(mut slots) = spare_table(n) {
+            slots.resize(n, EMPTY);
+            return slots;
+        }
+    }
     let mut slots = Vec::with_capacity(n);
     #[cfg(target_os = "linux")]
-    if n * std::mem::size_of::<Slot>() >= 4 << 20 {
+    if n * std::mem::size_of::<Slot>() >= LARGE_TABLE {
         const HUGE: usize = 2 << 20;
         let start = slots.as_ptr() as usize;
         let end = start + n * std::mem::size_of::<Slot>();
@@ -139,6 +186,12 @@ fn empty_slots(n: usize) -> Vec<Slot> {
     }
     slots.resize(n, EMPTY);
     slots
+}
+
+impl Drop for StringKeyMap {
+    fn drop(&mut self) {
+        keep_table(std::mem::take(&mut self.slots));
+    }
 }
 
 impl StringKeyMap {
@@ -252,13 +305,14 @@ impl StringKeyMap {
         let doubled = empty_slots(self.slots.len() * 2);
         let old = std::mem::replace(&mut self.slots, doubled);
         let mask = self.slots.len() - 1;
-        for slot in old.into_iter().filter(|s| s.key != NO_KEY) {
+        for slot in old.iter().filter(|s| s.key != NO_KEY) {
             let mut i = self.slot_hash(slot.key) as usize & mask;
             while self.slots[i].key != NO_KEY {
                 i = (i + 1) & mask;
             }
-            self.slots[i] = slot;
+            self.slots[i] = *slot;
         }
+        keep_table(old);
     }
 
     /// Put a new key in the empty slot `i` found by a probe.
@@ -530,13 +584,13 @@ impl StringKeyMap {
 
     /// Every group's key in group order as an array of `data_type`, and an empty map.
     pub fn take_keys(&mut self, data_type: &DataType) -> Result<ArrayRef> {
-        let map = std::mem::take(self);
+        let mut map = std::mem::take(self);
         let nulls = map.null_group.map(|g| {
             let mut valid = vec![true; map.ends.len()];
             valid[g] = false;
             NullBuffer::from(valid)
         });
-        let values = Buffer::from_vec(map.bytes);
+        let values = Buffer::from_vec(std::mem::take(&mut map.bytes));
         let keys = match data_type {
             DataType::LargeUtf8 => Arc::new(LargeStringArray::try_new(
                 offsets::<i64>(&map.ends)?,
@@ -679,5 +733,51 @@ mod tests {
         let mut groups = Vec::new();
         map.intern(&a.slice(1, 3), &mut groups).unwrap();
         assert_eq!(groups, vec![0, 1, 0]);
+    }
+
+    #[test]
+    fn a_map_on_a_kept_table_finds_none_of_the_last_maps_keys() {
+        // Enough keys for a table of LARGE_TABLE bytes or more, which is kept when the
+        // map is dropped and taken again by the next map that grows to its size.
+        let n = LARGE_TABLE / std::mem::size_of::<Slot>();
+        let keys = |prefix: &str| -> ArrayRef {
+            Arc::new(StringViewArray::from_iter_values(
+                (0..n).map(|i| format!("{prefix}{i:011}")),
+            ))
+        };
+        let (first, second) = (keys("a"), keys("b"));
+        let mut map = StringKeyMap::new();
+        let mut groups = Vec::new();
+        map.intern(first.as_ref(), &mut groups).unwrap();
+        drop(map);
+        // A table not emptied before reuse would give the second map's first keys the
+        // first map's groups.
+        let mut map = StringKeyMap::new();
+        groups.clear();
+        map.intern(second.as_ref(), &mut groups).unwrap();
+        map.intern(first.as_ref(), &mut groups).unwrap();
+        assert!(groups.iter().copied().eq(0..2 * n));
+    }
+
+    #[test]
+    fn kept_tables_are_reused_and_bounded() {
+        // A capacity no map asks for (tables are powers of two), so that tests running
+        // at the same time neither take this table nor give one of its size.
+        let slots = LARGE_TABLE / std::mem::size_of::<Slot>() + 3;
+        let table: Vec<Slot> = Vec::with_capacity(slots);
+        let at = table.as_ptr();
+        keep_table(table);
+        let again = spare_table(slots).expect("the table is kept");
+        assert_eq!(again.as_ptr(), at);
+        assert!(again.is_empty());
+        assert!(spare_table(slots).is_none());
+        // Neither small tables nor one larger than the bound are kept.
+        keep_table(Vec::with_capacity(slots / 2 + 1));
+        assert!(spare_table(slots / 2 + 1).is_none());
+        let huge = SPARE_TABLES_BYTES / std::mem::size_of::<Slot>() + 1;
+        keep_table(Vec::with_capacity(huge));
+        assert!(spare_table(huge).is_none());
+        let kept: usize = SPARE_TABLES.lock().unwrap().iter().map(table_bytes).sum();
+        assert!(kept <= SPARE_TABLES_BYTES);
     }
 }
