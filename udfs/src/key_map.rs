@@ -155,17 +155,16 @@ fn keep_table(mut table: Vec<Slot>) {
     });
 }
 
-/// `n` empty slots. A large table is a kept one when there is one; a new one asks for
-/// huge pages: its lookups land anywhere in it, and with 4 KiB pages nearly every one
-/// would also miss the TLB.
-fn empty_slots(n: usize) -> Vec<Slot> {
+/// An empty vector with room for exactly `n` slots. A large one is a kept table when
+/// there is one; a new one asks for huge pages: its lookups land anywhere in it, and
+/// with 4 KiB pages nearly every one would also miss the TLB.
+fn unfilled_table(n: usize) -> Vec<Slot> {
     if n * std::mem::size_of::<Slot>() >= LARGE_TABLE {
-        if let Some(mut slots) = spare_table(n) {
-            slots.resize(n, EMPTY);
+        if let Some(slots) = spare_table(n) {
             return slots;
         }
     }
-    let mut slots = Vec::with_capacity(n);
+    let slots = Vec::with_capacity(n);
     #[cfg(target_os = "linux")]
     if n * std::mem::size_of::<Slot>() >= LARGE_TABLE {
         const HUGE: usize = 2 << 20;
@@ -184,8 +183,32 @@ fn empty_slots(n: usize) -> Vec<Slot> {
             }
         }
     }
-    slots.resize(n, EMPTY);
     slots
+}
+
+/// Slots of the table being built by [`StringKeyMap::grow`], emptied just before first
+/// use: each of its two halves is written from its start up to `ready[half]`.
+struct Doubling<'a> {
+    slots: &'a mut [std::mem::MaybeUninit<Slot>],
+    half: usize,
+    ready: [usize; 2],
+}
+
+impl Doubling<'_> {
+    /// Slot `i`, emptying it and a few after it when it was not written yet.
+    #[inline]
+    fn slot(&mut self, i: usize) -> &mut Slot {
+        let h = i / self.half;
+        if i >= self.ready[h] {
+            let end = (i + 64).min((h + 1) * self.half);
+            for s in &mut self.slots[self.ready[h]..end] {
+                s.write(EMPTY);
+            }
+            self.ready[h] = end;
+        }
+        // SAFETY: every slot below `ready[h]` of half h was written.
+        unsafe { self.slots[i].assume_init_mut() }
+    }
 }
 
 impl Drop for StringKeyMap {
@@ -300,19 +323,35 @@ impl StringKeyMap {
         }
     }
 
-    /// Double the table, placing every key again.
+    /// Double the table, placing every key again. A key moves from its home h to h or
+    /// h + n, so placing them in the old table's order walks both halves of the new
+    /// one from their starts: each half is emptied just ahead of the keys placed in it,
+    /// while its lines are in cache, instead of in a pass of its own beforehand.
     fn grow(&mut self) {
-        let doubled = empty_slots(self.slots.len() * 2);
-        let old = std::mem::replace(&mut self.slots, doubled);
-        let mask = self.slots.len() - 1;
-        for slot in old.iter().filter(|s| s.key != NO_KEY) {
+        let half = self.slots.len();
+        let mut doubled = unfilled_table(2 * half);
+        let mut new = Doubling {
+            slots: &mut doubled.spare_capacity_mut()[..2 * half],
+            half,
+            ready: [0, half],
+        };
+        let mask = 2 * half - 1;
+        for slot in self.slots.iter().filter(|s| s.key != NO_KEY) {
             let mut i = self.slot_hash(slot.key) as usize & mask;
-            while self.slots[i].key != NO_KEY {
+            loop {
+                let at = new.slot(i);
+                if at.key == NO_KEY {
+                    *at = *slot;
+                    break;
+                }
                 i = (i + 1) & mask;
             }
-            self.slots[i] = *slot;
         }
-        keep_table(old);
+        new.slot(half - 1);
+        new.slot(2 * half - 1);
+        // SAFETY: both halves were written to their ends just above.
+        unsafe { doubled.set_len(2 * half) };
+        keep_table(std::mem::replace(&mut self.slots, doubled));
     }
 
     /// Put a new key in the empty slot `i` found by a probe.
