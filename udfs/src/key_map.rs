@@ -118,7 +118,7 @@ fn prefetch(slot: &Slot) {
 /// Tables of at least this many bytes get huge pages and are kept for reuse.
 const LARGE_TABLE: usize = 4 << 20;
 /// The most bytes of freed tables kept for the next ones (see [`SPARE_TABLES`]).
-const SPARE_TABLES_BYTES: usize = 256 << 20;
+const SPARE_TABLES_BYTES: usize = 128 << 20;
 
 /// Large tables freed by finished maps, kept for the next maps of their size. A fresh
 /// table's pages come from the kernel, which zeroes them on first touch; in a virtual
