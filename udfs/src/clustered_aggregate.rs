@@ -827,13 +827,7 @@ mod tests {
     /// As [`run`], with the operator's groups finished in place, groups sent to merge
     /// and input rows sent on unaggregated.
     async fn run_counting(ctx: &SessionContext, sql: &str) -> (Vec<String>, String, [usize; 3]) {
-        let plan = ctx
-            .sql(sql)
-            .await
-            .unwrap()
-            .create_physical_plan()
-            .await
-            .unwrap();
+        let plan = crate::test_session::physical_plan(ctx, sql).await;
         let batches = collect(Arc::clone(&plan), ctx.task_ctx()).await.unwrap();
         let mut counts = [0; 3];
         let names = [

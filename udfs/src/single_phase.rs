@@ -150,13 +150,7 @@ mod tests {
         .unwrap();
         let table = MemTable::try_new(schema, vec![vec![batch.clone()], vec![batch]]).unwrap();
         ctx.register_table("t", Arc::new(table)).unwrap();
-        let plan = ctx
-            .sql(sql)
-            .await
-            .unwrap()
-            .create_physical_plan()
-            .await
-            .unwrap();
+        let plan = crate::test_session::physical_plan(&ctx, sql).await;
         let text = displayable(plan.as_ref()).indent(false).to_string();
         text
     }

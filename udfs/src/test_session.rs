@@ -1,7 +1,10 @@
 //! The session the optimizer-rule tests run in: tidepool's settings, every function of
 //! this crate, and the rules the test adds.
 
+use std::sync::Arc;
+
 use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
 use crate::settings::TidepoolOptions;
@@ -25,4 +28,14 @@ pub fn session(
     let mut state = rules(builder).build();
     crate::register_all(&mut state).unwrap();
     SessionContext::new_with_state(state)
+}
+
+/// The physical plan of `sql` in `ctx` (panics on an error, as a test should).
+pub async fn physical_plan(ctx: &SessionContext, sql: &str) -> Arc<dyn ExecutionPlan> {
+    ctx.sql(sql)
+        .await
+        .unwrap()
+        .create_physical_plan()
+        .await
+        .unwrap()
 }
