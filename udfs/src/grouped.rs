@@ -7,8 +7,11 @@ use datafusion::error::Result;
 use datafusion::logical_expr::{Accumulator, EmitTo, GroupsAccumulator};
 use datafusion::scalar::ScalarValue;
 
-/// The compaction key of no event.
-const NO_KEY: u64 = u64::MAX;
+/// The compaction key of no event, or of one whose key does not fit in 32 bits (it is
+/// then pushed: compaction is only ever an optimisation).
+const NO_KEY: u32 = u32::MAX;
+/// How many rows ahead a compacting push prefetches its group's last key.
+const PREFETCH_ROWS: usize = 16;
 
 #[derive(Debug)]
 pub struct GroupedEvents<T> {
@@ -16,9 +19,9 @@ pub struct GroupedEvents<T> {
     /// Groups seen so far (the groups accumulator's `total_num_groups`).
     groups: usize,
     /// For [`GroupedEvents::push_compacting`]: per group, the compaction key of its last
-    /// event ([`NO_KEY`]: none, or one without a key). Eight bytes per group keep this
-    /// in cache where the events themselves would not be.
-    last: Vec<u64>,
+    /// event ([`NO_KEY`]: none, or one without a key). Four bytes per group (keys of 32
+    /// bits, as periods are) keep this in cache where the events themselves would not be.
+    last: Vec<u32>,
     /// Nothing was pushed since the last sort: the next one has nothing to do (an
     /// operator that emits some groups as states and the rest as values sorts twice).
     sorted: bool,
@@ -46,13 +49,34 @@ impl<T: Copy> GroupedEvents<T> {
         self.sorted = false;
     }
 
+    /// Make room in `last` for every group seen so far (before a batch of
+    /// [`GroupedEvents::push_compacting`], so that [`GroupedEvents::prefetch_last`] may
+    /// look at any of them).
+    pub fn reserve_last(&mut self) {
+        if self.last.len() < self.groups {
+            self.last.resize(self.groups, NO_KEY);
+        }
+    }
+
+    /// Start loading `group`'s last compaction key: on data not sorted by person it is
+    /// a cache miss per row, and the rows a few ahead are known.
+    #[inline]
+    pub fn prefetch_last(&self, group: usize) {
+        if let Some(last) = self.last.get(group) {
+            crate::key_map::prefetch(last);
+        }
+    }
+
     /// Push `event` unless the last event pushed for `group` had the same compaction
     /// `key` (`None`: push, and compare the next one with nothing).
+    #[inline]
     pub fn push_compacting(&mut self, group: usize, event: T, key: Option<u64>) {
         if self.last.len() <= group {
             self.last.resize(self.groups.max(group + 1), NO_KEY);
         }
-        let key = key.unwrap_or(NO_KEY);
+        let key = key
+            .and_then(|k| u32::try_from(k).ok())
+            .unwrap_or(NO_KEY);
         if key != NO_KEY && self.last[group] == key {
             return;
         }
@@ -122,7 +146,7 @@ impl<T: Copy> GroupedEvents<T> {
 
     pub fn size(&self) -> usize {
         self.entries.capacity() * std::mem::size_of::<(u32, T)>()
-            + self.last.capacity() * std::mem::size_of::<u64>()
+            + self.last.capacity() * std::mem::size_of::<u32>()
     }
 }
 
@@ -341,7 +365,11 @@ impl<S: FlatEvents> GroupsAccumulator for FlatAggregate<S> {
         self.events.saw_groups(total_num_groups);
         let events = &mut self.events;
         if self.spec.compacts() {
+            events.reserve_last();
             return self.spec.add_rows(values, opt_filter, &mut |row, e| {
+                if let Some(&ahead) = group_indices.get(row + PREFETCH_ROWS) {
+                    events.prefetch_last(ahead);
+                }
                 events.push_compacting(group_indices[row], e, S::compact_key(&e))
             });
         }
@@ -520,5 +548,17 @@ mod tests {
         g.push_compacting(0, 2, None);
         g.push_compacting(0, 2, Some(2));
         assert_eq!(g.entries(), &[(0, 1), (0, 2), (0, 2), (0, 2)]);
+    }
+
+    #[test]
+    fn keys_past_32_bits_are_never_compacted() {
+        let mut g = GroupedEvents::default();
+        g.saw_groups(1);
+        // Equal keys past 32 bits are both kept; so is a 32-bit key after a longer one
+        // with the same low bits.
+        for key in [1u64 << 40 | 7, 1 << 40 | 7, 7, 7] {
+            g.push_compacting(0, key, Some(key));
+        }
+        assert_eq!(g.entries(), &[(0, 1 << 40 | 7), (0, 1 << 40 | 7), (0, 7)]);
     }
 }

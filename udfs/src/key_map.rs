@@ -103,16 +103,17 @@ fn pack_9_to_15(bytes: &[u8]) -> u128 {
     lo as u128 | (hi as u128) << 64 | (len as u128) << 120
 }
 
+/// Ask for the cache line of `value` ahead of its use (a hint; nothing on other CPUs).
 #[inline]
-fn prefetch(slot: &Slot) {
+pub(crate) fn prefetch<T>(value: &T) {
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch is only a hint; the pointer is to a live slot.
+    // SAFETY: a prefetch is only a hint; the pointer is to a live value.
     unsafe {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        _mm_prefetch::<_MM_HINT_T0>((slot as *const Slot).cast());
+        _mm_prefetch::<_MM_HINT_T0>((value as *const T).cast());
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = slot;
+    let _ = value;
 }
 
 /// Tables of at least this many bytes get huge pages and are kept for reuse.
