@@ -14,39 +14,47 @@ const NO_KEY: u32 = u32::MAX;
 const PREFETCH_ROWS: usize = 16;
 
 #[derive(Debug)]
-pub struct GroupedEvents<T> {
+pub struct GroupedEvents<T, K> {
     entries: Vec<(u32, T)>,
+    /// The order of a group's events.
+    key: fn(&T) -> K,
     /// Groups seen so far (the groups accumulator's `total_num_groups`).
     groups: usize,
     /// For [`GroupedEvents::push_compacting`]: per group, the compaction key of its last
     /// event ([`NO_KEY`]: none, or one without a key). Four bytes per group (keys of 32
     /// bits, as periods are) keep this in cache where the events themselves would not be.
     last: Vec<u32>,
-    /// Nothing was pushed since the last sort: the next one has nothing to do (an
-    /// operator that emits some groups as states and the rest as values sorts twice).
-    sorted: bool,
+    /// The entries are sorted by (group, key), so the next sort has nothing to do. Each
+    /// push keeps this while it comes after the last entry, which is still in cache:
+    /// on data sorted by person and time every push does, and a sort would otherwise
+    /// pass twice over a buffer far larger than the cache.
+    in_order: bool,
 }
 
-impl<T> Default for GroupedEvents<T> {
-    fn default() -> Self {
+impl<T: Copy, K: Ord> GroupedEvents<T, K> {
+    pub fn new(key: fn(&T) -> K) -> Self {
         GroupedEvents {
             entries: vec![],
+            key,
             groups: 0,
             last: vec![],
-            sorted: true,
+            in_order: true,
         }
     }
-}
 
-impl<T: Copy> GroupedEvents<T> {
     pub fn saw_groups(&mut self, total_num_groups: usize) {
         self.groups = self.groups.max(total_num_groups);
     }
 
+    #[inline]
     pub fn push(&mut self, group: usize, event: T) {
         let group = u32::try_from(group).expect("funnel functions support up to 2^32 groups");
+        if self.in_order {
+            if let Some((g, e)) = self.entries.last() {
+                self.in_order = *g < group || (*g == group && (self.key)(e) <= (self.key)(&event));
+            }
+        }
         self.entries.push((group, event));
-        self.sorted = false;
     }
 
     /// Make room in `last` for every group seen so far (before a batch of
@@ -84,14 +92,15 @@ impl<T: Copy> GroupedEvents<T> {
         self.last[group] = key;
     }
 
-    /// Sort by (group, `key`): a stable counting sort by group, then each group's run on
+    /// Sort by (group, key): a stable counting sort by group, then each group's run on
     /// its own. Runs are usually sorted already — within one person, rows arrive in time
     /// order in both time-ordered and person-sorted data — so this is close to linear
     /// where a comparison sort of the whole buffer would not be.
-    pub fn sort_by_key<K: Ord>(&mut self, key: impl Fn(&T) -> K + Copy) {
-        if std::mem::replace(&mut self.sorted, true) {
+    pub fn sort(&mut self) {
+        if std::mem::replace(&mut self.in_order, true) {
             return;
         }
+        let key = self.key;
         let entries = &mut self.entries;
         // Groups already in order (data sorted by person, or a final phase whose rows
         // are new groups) need no counting sort, only their runs looked at.
@@ -117,12 +126,8 @@ impl<T: Copy> GroupedEvents<T> {
 
     /// Remove and return the sorted entries of the groups `emit_to` names, with their
     /// count; the groups left are renumbered from 0.
-    pub fn take<K: Ord>(
-        &mut self,
-        emit_to: EmitTo,
-        key: impl Fn(&T) -> K + Copy,
-    ) -> (Vec<(u32, T)>, usize) {
-        self.sort_by_key(key);
+    pub fn take(&mut self, emit_to: EmitTo) -> (Vec<(u32, T)>, usize) {
+        self.sort();
         // The groups left are renumbered, their last events with them.
         let taken = match emit_to {
             EmitTo::All => self.last.len(),
@@ -336,14 +341,14 @@ pub trait FlatEvents: std::fmt::Debug + Send + Sync + Sized + 'static {
 #[derive(Debug)]
 pub struct FlatAggregate<S: FlatEvents> {
     pub spec: S,
-    events: GroupedEvents<S::Event>,
+    events: GroupedEvents<S::Event, S::Key>,
 }
 
 impl<S: FlatEvents> FlatAggregate<S> {
     pub fn new(spec: S) -> Self {
         FlatAggregate {
             spec,
-            events: GroupedEvents::default(),
+            events: GroupedEvents::new(S::key),
         }
     }
 
@@ -379,12 +384,12 @@ impl<S: FlatEvents> GroupsAccumulator for FlatAggregate<S> {
     }
 
     fn evaluate(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
-        let (entries, n) = self.events.take(emit_to, S::key);
+        let (entries, n) = self.events.take(emit_to);
         self.spec.results(&entries, n)
     }
 
     fn state(&mut self, emit_to: EmitTo) -> Result<Vec<ArrayRef>> {
-        let (entries, n) = self.events.take(emit_to, S::key);
+        let (entries, n) = self.events.take(emit_to);
         Ok(self.spec.state_lists(&entries, n))
     }
 
@@ -413,7 +418,7 @@ impl<S: FlatEvents> GroupsAccumulator for FlatAggregate<S> {
         // Each input row is a group of its own; its events come in row order.
         let rows = values.first().map(|v| v.len()).unwrap_or(0);
         let mut spec = self.spec.fresh();
-        let mut events = GroupedEvents::default();
+        let mut events = GroupedEvents::new(S::key);
         events.saw_groups(rows);
         spec.add_rows(values, opt_filter, &mut |row, e| events.push(row, e))?;
         Ok(spec.state_lists(events.entries(), rows))
@@ -426,12 +431,12 @@ impl<S: FlatEvents> GroupsAccumulator for FlatAggregate<S> {
 
 impl<S: FlatEvents> EvaluateInPlace for FlatAggregate<S> {
     fn evaluate_kept(&mut self) -> Result<ScalarValue> {
-        self.events.sort_by_key(S::key);
+        self.events.sort();
         ScalarValue::try_from_array(&self.spec.results(self.events.entries(), 1)?, 0)
     }
 
     fn state_kept(&mut self) -> Result<Vec<ScalarValue>> {
-        self.events.sort_by_key(S::key);
+        self.events.sort();
         self.spec
             .state_lists(self.events.entries(), 1)
             .iter()
@@ -478,21 +483,21 @@ mod tests {
 
     #[test]
     fn sorts_by_group_then_key_and_takes_the_first_groups() {
-        let mut g = GroupedEvents::default();
+        let mut g = GroupedEvents::new(|v: &u64| *v);
         g.saw_groups(3);
         for (group, v) in [(2, 5), (0, 3), (2, 1), (1, 9), (0, 1), (2, 3)] {
             g.push(group, v);
         }
-        g.sort_by_key(|v| *v);
+        g.sort();
         assert_eq!(
             g.entries(),
             &[(0, 1), (0, 3), (1, 9), (2, 1), (2, 3), (2, 5)]
         );
         let lengths: Vec<usize> = runs(g.entries(), 3).map(|r| r.len()).collect();
         assert_eq!(lengths, vec![2, 1, 3]);
-        let (first, n) = g.take(EmitTo::First(2), |v| *v);
+        let (first, n) = g.take(EmitTo::First(2));
         assert_eq!((first, n), (vec![(0, 1), (0, 3), (1, 9)], 2));
-        let (rest, n) = g.take(EmitTo::All, |v| *v);
+        let (rest, n) = g.take(EmitTo::All);
         assert_eq!((rest, n), (vec![(0, 1), (0, 3), (0, 5)], 1));
     }
 
@@ -517,12 +522,12 @@ mod tests {
 
     #[test]
     fn groups_in_order_only_have_their_runs_sorted() {
-        let mut g = GroupedEvents::default();
+        let mut g = GroupedEvents::new(|v: &u64| *v);
         g.saw_groups(3);
         for (group, v) in [(0, 3), (0, 1), (1, 9), (2, 5), (2, 1), (2, 3)] {
             g.push(group, v);
         }
-        g.sort_by_key(|v| *v);
+        g.sort();
         assert_eq!(
             g.entries(),
             &[(0, 1), (0, 3), (1, 9), (2, 1), (2, 3), (2, 5)]
@@ -531,16 +536,16 @@ mod tests {
 
     #[test]
     fn push_compacting_compares_with_the_groups_last_event() {
-        let mut g = GroupedEvents::default();
+        let mut g = GroupedEvents::new(|v: &u64| *v);
         g.saw_groups(2);
         for (group, v) in [(0, 1), (1, 1), (0, 1), (0, 2), (1, 1), (0, 1)] {
             g.push_compacting(group, v, Some(v as u64));
         }
         // (0, 1) repeats its group's last event once; (0, 1) after (0, 2) does not.
         assert_eq!(g.entries(), &[(0, 1), (1, 1), (0, 2), (0, 1)]);
-        g.sort_by_key(|v| *v);
+        g.sort();
         // Taking group 0 renumbers group 1 as 0, its last event with it.
-        let (taken, _) = g.take(EmitTo::First(1), |v| *v);
+        let (taken, _) = g.take(EmitTo::First(1));
         assert_eq!(taken, vec![(0, 1), (0, 1), (0, 2)]);
         g.push_compacting(0, 1, Some(1));
         g.push_compacting(0, 2, Some(2));
@@ -551,8 +556,34 @@ mod tests {
     }
 
     #[test]
+    fn a_push_before_the_last_entry_is_sorted_after_pushes_in_order() {
+        let mut g = GroupedEvents::new(|v: &u64| *v);
+        g.saw_groups(2);
+        g.push(0, 1);
+        g.push(1, 5);
+        g.sort();
+        assert_eq!(g.entries(), &[(0, 1), (1, 5)]);
+        // Sorted, then an earlier group; then a later time in the last group but an
+        // earlier one than its last event.
+        g.push(0, 2);
+        g.push(1, 7);
+        g.push(1, 6);
+        g.sort();
+        assert_eq!(g.entries(), &[(0, 1), (0, 2), (1, 5), (1, 6), (1, 7)]);
+        let (mut g, mut h) = (GroupedEvents::new(|v: &u64| *v), vec![]);
+        g.saw_groups(1);
+        for v in [3, 4, 4, 2] {
+            g.push(0, v);
+            h.push((0, v));
+        }
+        g.sort();
+        h.sort();
+        assert_eq!(g.entries(), &h[..]);
+    }
+
+    #[test]
     fn keys_past_32_bits_are_never_compacted() {
-        let mut g = GroupedEvents::default();
+        let mut g = GroupedEvents::new(|v: &u64| *v);
         g.saw_groups(1);
         // Equal keys past 32 bits are both kept; so is a 32-bit key after a longer one
         // with the same low bits.
