@@ -581,7 +581,7 @@ mod tests {
         let mut g = GroupedEvents::<u64, Itself>::new();
         g.saw_groups(2);
         for (group, v) in [(0, 1), (1, 1), (0, 1), (0, 2), (1, 1), (0, 1)] {
-            g.push_compacting(group, v, Some(v as u64));
+            g.push_compacting(group, v, Some(v));
         }
         // (0, 1) repeats its group's last event once; (0, 1) after (0, 2) does not.
         assert_eq!(g.entries(), &[(0, 1), (1, 1), (0, 2), (0, 1)]);
