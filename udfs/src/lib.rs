@@ -31,6 +31,7 @@ pub mod string_key_aggregate;
 mod test_random;
 #[cfg(test)]
 mod test_session;
+mod true_rows;
 mod view_eq;
 pub mod window_funnel;
 

@@ -15,6 +15,7 @@ use datafusion::error::Result;
 
 use super::models::{split, Model, Touch};
 use super::{ARG_CHANNEL, ARG_CONVERSION, ARG_TS, ARG_VALUE, NO_TOUCH};
+use crate::true_rows::TrueRows;
 use crate::grouped::{for_each_element, list_offsets, runs, FlatAggregate, FlatEvents};
 
 pub type AttributionGroups = FlatAggregate<AttributionSpec>;
@@ -181,14 +182,15 @@ impl FlatEvents for AttributionSpec {
         let ts = ts.as_primitive::<Int64Type>();
         let channel = datafusion::arrow::compute::cast(&values[ARG_CHANNEL], &DataType::Utf8)?;
         let channel = channel.as_string::<i32>();
-        let conversion = values[ARG_CONVERSION].as_boolean();
+        let conversion = TrueRows::new(values[ARG_CONVERSION].as_boolean());
         let value = datafusion::arrow::compute::cast(&values[ARG_VALUE], &DataType::Float64)?;
         let value = value.as_primitive::<Float64Type>();
+        let filter = TrueRows::of_filter(filter);
         for row in 0..ts.len() {
-            if filter.is_some_and(|f| !f.is_valid(row) || !f.value(row)) || ts.is_null(row) {
+            if !TrueRows::passes(&filter, row) || ts.is_null(row) {
                 continue;
             }
-            let is_conversion = conversion.is_valid(row) && conversion.value(row);
+            let is_conversion = conversion.get(row);
             let touch = channel.is_valid(row);
             if !is_conversion && !touch {
                 continue;

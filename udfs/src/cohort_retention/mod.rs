@@ -22,6 +22,7 @@ use datafusion::logical_expr::{
     Volatility,
 };
 
+use crate::true_rows::TrueRows;
 use crate::args::{
     calendar_option, coerce_conditions, key_values, plan_err, string_literal, unit_option,
 };
@@ -481,8 +482,9 @@ impl CohortSpec {
             &DataType::Timestamp(TimeUnit::Microsecond, None),
         )?;
         let ts = ts.as_primitive::<TimestampMicrosecondType>();
-        let cohort = values[2].as_boolean();
-        let back = values[3].as_boolean();
+        let cohort = TrueRows::new(values[2].as_boolean());
+        let back = TrueRows::new(values[3].as_boolean());
+        let filter = TrueRows::of_filter(filter);
         // Without a value column (a NULL literal) there is nothing to cast per batch.
         let value = match self.values {
             true => Some(datafusion::arrow::compute::cast(
@@ -495,11 +497,10 @@ impl CohortSpec {
         let o = &self.options;
         let mut finder = periods::PeriodFinder::new(o.unit, &o.calendar);
         for row in 0..ts.len() {
-            if filter.is_some_and(|f| !(f.is_valid(row) && f.value(row))) || ts.is_null(row) {
+            if !TrueRows::passes(&filter, row) || ts.is_null(row) {
                 continue;
             }
-            let flags = (cohort.is_valid(row) && cohort.value(row)) as u8
-                | (((back.is_valid(row) && back.value(row)) as u8) << 1);
+            let flags = cohort.get(row) as u8 | (back.get(row) as u8) << 1;
             if flags == 0 {
                 continue;
             }

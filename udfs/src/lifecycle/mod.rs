@@ -19,6 +19,7 @@ use datafusion::logical_expr::{
     Volatility,
 };
 
+use crate::true_rows::TrueRows;
 use crate::args::{
     calendar_option, coerce_conditions, key_values, plan_err, string_literal, unit_option,
 };
@@ -248,13 +249,11 @@ impl LifecycleSpec {
         )?;
         let ts = datafusion::arrow::compute::cast(&ts, &DataType::Int64)?;
         let ts = ts.as_primitive::<Int64Type>();
-        let active = values[2].as_boolean();
+        let active = TrueRows::new(values[2].as_boolean());
+        let filter = TrueRows::of_filter(filter);
         let mut last: Option<(usize, i64)> = None;
         for row in 0..ts.len() {
-            let keep = filter.is_none_or(|f| f.is_valid(row) && f.value(row))
-                && ts.is_valid(row)
-                && active.is_valid(row)
-                && active.value(row);
+            let keep = TrueRows::passes(&filter, row) && ts.is_valid(row) && active.get(row);
             if !keep {
                 continue;
             }

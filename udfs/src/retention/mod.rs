@@ -20,6 +20,7 @@ use datafusion::logical_expr::{
 };
 use datafusion::scalar::ScalarValue;
 
+use crate::true_rows::TrueRows;
 use crate::args::{coerce_conditions, plan_err};
 use crate::grouped::{EvaluateInPlace, SingleGroup};
 
@@ -155,9 +156,9 @@ impl RetentionGroups {
                 }
             }
         }
-        if let Some(f) = filter {
+        if let Some(f) = TrueRows::of_filter(filter) {
             for (row, m) in masks.iter_mut().enumerate() {
-                if !(f.is_valid(row) && f.value(row)) {
+                if !f.get(row) {
                     *m = 0;
                 }
             }

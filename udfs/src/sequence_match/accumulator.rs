@@ -19,6 +19,7 @@ use datafusion::error::Result;
 
 use super::matcher::{Matcher, Scratch};
 use super::Answer;
+use crate::true_rows::TrueRows;
 use crate::grouped::{for_each_element, group_lists, runs, FlatAggregate, FlatEvents};
 
 pub type SequenceGroups = FlatAggregate<SequenceSpec>;
@@ -81,8 +82,9 @@ impl FlatEvents for SequenceSpec {
             }
             any = &any | &holds;
         }
+        let filter = TrueRows::of_filter(filter);
         for row in any.set_indices() {
-            if ts.is_valid(row) && filter.is_none_or(|f| f.is_valid(row) && f.value(row)) {
+            if ts.is_valid(row) && TrueRows::passes(&filter, row) {
                 push(
                     row,
                     Row {

@@ -16,6 +16,7 @@ use datafusion::error::Result;
 
 use super::level::{funnel_level, Event};
 use super::options::FunnelOptions;
+use crate::true_rows::TrueRows;
 use crate::grouped::{for_each_element, group_lists, runs, FlatAggregate, FlatEvents};
 
 pub type FunnelGroups = FlatAggregate<FunnelSpec>;
@@ -44,20 +45,13 @@ impl FunnelSpec {
     ) -> Result<u64> {
         let ts = timestamps_as_i64(&values[2])?;
         // NULL conditions count as false.
-        let conds: Vec<BooleanArray> = values[3..]
+        let conds: Vec<TrueRows> = values[3..]
             .iter()
-            .map(|c| {
-                let c = c.as_boolean();
-                if c.null_count() == 0 {
-                    c.clone()
-                } else {
-                    datafusion::arrow::compute::prep_null_mask_filter(c)
-                }
-            })
+            .map(|c| TrueRows::new(c.as_boolean()))
             .collect();
         let strict_order = self.options.mode.strict_order;
-        let usable =
-            |row: usize| filter.is_none_or(|f| f.is_valid(row) && f.value(row)) && ts.is_valid(row);
+        let filter = TrueRows::of_filter(filter);
+        let usable = |row: usize| TrueRows::passes(&filter, row) && ts.is_valid(row);
         let mut row_id = first_row_id;
         if strict_order {
             // Every row matters: a row matching no step breaks the chain.
@@ -65,7 +59,7 @@ impl FunnelSpec {
                 let t = ts.value(row);
                 let mut any = false;
                 for (k, cond) in conds.iter().enumerate() {
-                    if cond.value(row) {
+                    if cond.get(row) {
                         emit(row, Event::new(t, k as u8 + 1, row_id));
                         any = true;
                     }
@@ -78,14 +72,14 @@ impl FunnelSpec {
             return Ok(row_id);
         }
         // Only rows matching some step matter: visit just those.
-        let mut matching = conds[0].values().clone();
+        let mut matching = conds[0].bits().clone();
         for c in &conds[1..] {
-            matching = &matching | c.values();
+            matching = &matching | c.bits();
         }
         for row in matching.set_indices().filter(|r| usable(*r)) {
             let t = ts.value(row);
             for (k, cond) in conds.iter().enumerate() {
-                if cond.value(row) {
+                if cond.get(row) {
                     emit(row, Event::new(t, k as u8 + 1, row_id + row as u64));
                 }
             }
