@@ -25,17 +25,25 @@ use datafusion::physical_expr::expressions::{BinaryExpr, Literal};
 use datafusion::physical_plan::PhysicalExpr;
 
 /// `expr = literal` for a string view `expr` and a non-NULL string literal.
-#[derive(Debug, Eq, Hash)]
+#[derive(Debug, Eq)]
 pub struct ViewEqLiteral {
     expr: Arc<dyn PhysicalExpr>,
     literal: String,
 }
 
 // Written out: deriving it for an `Arc<dyn PhysicalExpr>` field does not compile
-// (rust-lang/rust#78808).
+// (rust-lang/rust#78808). `Hash` is written out beside it, over the same fields, so
+// that equal expressions hash equally.
 impl PartialEq for ViewEqLiteral {
     fn eq(&self, other: &Self) -> bool {
         self.expr.eq(&other.expr) && self.literal == other.literal
+    }
+}
+
+impl std::hash::Hash for ViewEqLiteral {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.expr.hash(state);
+        self.literal.hash(state);
     }
 }
 
@@ -274,5 +282,37 @@ mod tests {
             assert!(Arc::ptr_eq(&planned, &kept), "{planned}");
         }
         Ok(())
+    }
+
+    #[test]
+    fn equal_rewrites_are_equal_and_hash_equally() {
+        use datafusion::arrow::datatypes::Field;
+        use datafusion::physical_expr::expressions::Column;
+        use std::hash::{BuildHasher, RandomState};
+        let schema = Schema::new(vec![Field::new("name", DataType::Utf8View, true)]);
+        let eq = |literal: &str| -> ViewEqLiteral {
+            ViewEqLiteral {
+                expr: Arc::new(Column::new("name", 0)),
+                literal: literal.to_string(),
+            }
+        };
+        let (a, b, c) = (eq("view_item"), eq("view_item"), eq("purchase"));
+        let hasher = RandomState::new();
+        assert_eq!(a, b);
+        assert_eq!(hasher.hash_one(&a), hasher.hash_one(&b));
+        assert_ne!(a, c);
+        // What `rewrite` makes of `name = 'view_item'` is the same expression.
+        let planned = rewrite(
+            Arc::new(BinaryExpr::new(
+                Arc::new(Column::new("name", 0)),
+                Operator::Eq,
+                Arc::new(Literal::new(ScalarValue::Utf8(Some("view_item".into())))),
+            )),
+            &schema,
+        )
+        .unwrap();
+        let planned = planned.downcast_ref::<ViewEqLiteral>().expect("rewritten");
+        assert_eq!(planned, &a);
+        assert_eq!(hasher.hash_one(planned), hasher.hash_one(&a));
     }
 }
