@@ -106,9 +106,7 @@ impl<T: Copy, O: EventOrder<T>> GroupedEvents<T, O> {
         if self.last.len() <= group {
             self.last.resize(self.groups.max(group + 1), NO_KEY);
         }
-        let key = key
-            .and_then(|k| u32::try_from(k).ok())
-            .unwrap_or(NO_KEY);
+        let key = key.and_then(|k| u32::try_from(k).ok()).unwrap_or(NO_KEY);
         if key != NO_KEY && self.last[group] == key {
             return;
         }

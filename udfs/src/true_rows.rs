@@ -53,7 +53,10 @@ mod tests {
         assert_eq!(got, [true, false, false, true]);
         // A slice keeps its own rows.
         let sliced = TrueRows::new(&column.slice(1, 3));
-        assert_eq!((0..3).map(|r| sliced.get(r)).collect::<Vec<_>>(), [false, false, true]);
+        assert_eq!(
+            (0..3).map(|r| sliced.get(r)).collect::<Vec<_>>(),
+            [false, false, true]
+        );
         assert!(TrueRows::passes(&None, 2));
         assert!(!TrueRows::passes(&TrueRows::of_filter(Some(&column)), 1));
     }

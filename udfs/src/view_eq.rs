@@ -40,7 +40,7 @@ impl PartialEq for ViewEqLiteral {
     }
 }
 
-impl std::hash::Hash for ViewEqLiteral {
+impl Hash for ViewEqLiteral {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
         self.expr.hash(state);
         self.literal.hash(state);

@@ -15,8 +15,8 @@ use datafusion::error::Result;
 
 use super::models::{split, Model, Touch};
 use super::{ARG_CHANNEL, ARG_CONVERSION, ARG_TS, ARG_VALUE, NO_TOUCH};
-use crate::true_rows::TrueRows;
 use crate::grouped::{for_each_element, list_offsets, runs, FlatAggregate, FlatEvents};
+use crate::true_rows::TrueRows;
 
 pub type AttributionGroups = FlatAggregate<AttributionSpec>;
 

@@ -22,7 +22,6 @@ use datafusion::logical_expr::{
     Volatility,
 };
 
-use crate::true_rows::TrueRows;
 use crate::args::{
     calendar_option, coerce_conditions, key_values, plan_err, string_literal, unit_option,
 };
@@ -31,6 +30,7 @@ use crate::grouped::{
 };
 pub use crate::periods::Unit;
 use crate::periods::{self, Calendar};
+use crate::true_rows::TrueRows;
 
 pub const NAME: &str = "cohort_retention";
 const US_PER_DAY: i64 = 86_400_000_000;

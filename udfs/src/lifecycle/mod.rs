@@ -19,7 +19,6 @@ use datafusion::logical_expr::{
     Volatility,
 };
 
-use crate::true_rows::TrueRows;
 use crate::args::{
     calendar_option, coerce_conditions, key_values, plan_err, string_literal, unit_option,
 };
@@ -27,6 +26,7 @@ use crate::grouped::{
     for_each_element, list_offsets, runs, FlatAggregate, FlatEvents, SingleGroup,
 };
 use crate::periods::{self, Calendar, Unit};
+use crate::true_rows::TrueRows;
 
 pub const NAME: &str = "lifecycle";
 

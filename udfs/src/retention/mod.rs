@@ -20,9 +20,9 @@ use datafusion::logical_expr::{
 };
 use datafusion::scalar::ScalarValue;
 
-use crate::true_rows::TrueRows;
 use crate::args::{coerce_conditions, plan_err};
 use crate::grouped::{EvaluateInPlace, SingleGroup};
+use crate::true_rows::TrueRows;
 
 pub const NAME: &str = "retention";
 pub const MAX_CONDITIONS: usize = 64;

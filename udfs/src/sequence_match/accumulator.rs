@@ -19,8 +19,8 @@ use datafusion::error::Result;
 
 use super::matcher::{Matcher, Scratch};
 use super::Answer;
-use crate::true_rows::TrueRows;
 use crate::grouped::{for_each_element, group_lists, runs, FlatAggregate, FlatEvents};
+use crate::true_rows::TrueRows;
 
 pub type SequenceGroups = FlatAggregate<SequenceSpec>;
 

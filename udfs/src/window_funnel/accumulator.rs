@@ -16,8 +16,8 @@ use datafusion::error::Result;
 
 use super::level::{funnel_level, Event};
 use super::options::FunnelOptions;
-use crate::true_rows::TrueRows;
 use crate::grouped::{for_each_element, group_lists, runs, FlatAggregate, FlatEvents};
+use crate::true_rows::TrueRows;
 
 pub type FunnelGroups = FlatAggregate<FunnelSpec>;
 
