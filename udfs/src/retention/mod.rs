@@ -149,11 +149,8 @@ impl RetentionGroups {
         let rows = values.first().map(|v| v.len()).unwrap_or(0);
         let mut masks = vec![0u64; rows];
         for (k, cond) in values.iter().enumerate() {
-            let cond = cond.as_boolean();
-            for row in cond.values().set_indices() {
-                if cond.is_valid(row) {
-                    masks[row] |= 1 << k;
-                }
+            for row in TrueRows::new(cond.as_boolean()).bits().set_indices() {
+                masks[row] |= 1 << k;
             }
         }
         if let Some(f) = TrueRows::of_filter(filter) {

@@ -72,15 +72,11 @@ impl FlatEvents for SequenceSpec {
         any.append_n(rows, false);
         let mut any = any.finish();
         for (k, cond) in values[2..].iter().enumerate() {
-            let cond = cond.as_boolean();
-            let holds = match cond.nulls() {
-                Some(nulls) => cond.values() & nulls.inner(),
-                None => cond.values().clone(),
-            };
-            for row in holds.set_indices() {
+            let holds = TrueRows::new(cond.as_boolean());
+            for row in holds.bits().set_indices() {
                 conditions[row] |= 1 << k;
             }
-            any = &any | &holds;
+            any = &any | holds.bits();
         }
         let filter = TrueRows::of_filter(filter);
         for row in any.set_indices() {
