@@ -163,10 +163,10 @@ impl<T: Copy, O: EventOrder<T>> GroupedEvents<T, O> {
             ),
             EmitTo::First(n) => {
                 let split = self.entries.partition_point(|e| (e.0 as usize) < n);
-                let mut rest = self.entries.split_off(split);
-                rest.iter_mut().for_each(|e| e.0 -= n as u32);
                 self.groups -= n;
-                (std::mem::replace(&mut self.entries, rest), n)
+                let n32 = n as u32;
+                let taken = take_front(&mut self.entries, split, |e| e.0 -= n32);
+                (taken, n)
             }
         }
     }
@@ -175,6 +175,28 @@ impl<T: Copy, O: EventOrder<T>> GroupedEvents<T, O> {
         self.entries.capacity() * std::mem::size_of::<(u32, T)>()
             + self.last.capacity() * std::mem::size_of::<u32>()
     }
+}
+
+/// Remove and return `v[..split]`, applying `renumber` to each element left. The smaller
+/// part is copied: when few are taken (at a partition's edge, the one person another
+/// partition also holds) the rest moves down in place instead of into a new buffer
+/// whose pages would all be faulted in again (4–5% of the CPU time of a funnel, a
+/// retention matrix or an attribution on 10M person-sorted events).
+pub fn take_front<T: Copy>(v: &mut Vec<T>, split: usize, renumber: impl Fn(&mut T)) -> Vec<T> {
+    if split > v.len() - split {
+        let mut rest = v.split_off(split);
+        rest.iter_mut().for_each(renumber);
+        return std::mem::replace(v, rest);
+    }
+    let taken = v[..split].to_vec();
+    let rest = v.len() - split;
+    for i in 0..rest {
+        let mut e = v[split + i];
+        renumber(&mut e);
+        v[i] = e;
+    }
+    v.truncate(rest);
+    taken
 }
 
 /// Sort each group's run of `entries` (already in group order) by `key`, where needed.
@@ -535,6 +557,24 @@ mod tests {
         assert_eq!((first, n), (vec![(0, 1), (0, 3), (1, 9)], 2));
         let (rest, n) = g.take(EmitTo::All);
         assert_eq!((rest, n), (vec![(0, 1), (0, 3), (0, 5)], 1));
+    }
+
+    #[test]
+    fn take_front_removes_the_front_and_renumbers_the_rest_whichever_part_is_copied() {
+        for split in 0..=7 {
+            let mut v: Vec<u32> = (0..7).collect();
+            let taken = take_front(&mut v, split, |e| *e += 100);
+            assert_eq!(
+                taken,
+                (0..split as u32).collect::<Vec<_>>(),
+                "split {split}"
+            );
+            assert_eq!(
+                v,
+                (split as u32..7).map(|e| e + 100).collect::<Vec<_>>(),
+                "split {split}"
+            );
+        }
     }
 
     #[test]

@@ -185,6 +185,18 @@ impl RetentionGroups {
             self.seen.resize(total_num_groups, 0);
         }
     }
+
+    /// The masks of the groups `emit_to` names, removed.
+    fn take(&mut self, emit_to: EmitTo) -> Vec<u64> {
+        match emit_to {
+            EmitTo::All => std::mem::take(&mut self.seen),
+            EmitTo::First(n) => {
+                // Groups no row reached yet have no mask so far.
+                self.grow(n);
+                crate::grouped::take_front(&mut self.seen, n, |_| {})
+            }
+        }
+    }
 }
 
 impl GroupsAccumulator for RetentionGroups {
@@ -203,12 +215,12 @@ impl GroupsAccumulator for RetentionGroups {
     }
 
     fn evaluate(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
-        let masks = emit_to.take_needed(&mut self.seen);
+        let masks = self.take(emit_to);
         Ok(self.lists(&masks))
     }
 
     fn state(&mut self, emit_to: EmitTo) -> Result<Vec<ArrayRef>> {
-        let masks = emit_to.take_needed(&mut self.seen);
+        let masks = self.take(emit_to);
         Ok(vec![Arc::new(UInt64Array::from(masks))])
     }
 
