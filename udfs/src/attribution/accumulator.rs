@@ -22,6 +22,9 @@ pub type AttributionGroups = FlatAggregate<AttributionSpec>;
 
 /// A row that is a touch (channel set), a conversion, or both.
 #[derive(Debug, Clone, Copy)]
+// Four-byte alignment: buffered beside a 4-byte group as (u32, AttributionEvent), 28
+// bytes a pair instead of 32.
+#[repr(C, packed(4))]
 pub struct AttributionEvent {
     pub ts: i64,
     /// Interned channel, 0 for none.
@@ -29,6 +32,8 @@ pub struct AttributionEvent {
     pub conversion: bool,
     pub value: f64,
 }
+
+const _: () = assert!(std::mem::size_of::<(u32, AttributionEvent)>() == 28);
 
 #[derive(Debug)]
 pub struct AttributionSpec {

@@ -132,6 +132,9 @@ impl CohortOptions {
 
 /// One row matching the cohort or the return condition.
 #[derive(Debug, Clone, Copy, PartialEq)]
+// Four-byte alignment: buffered beside a 4-byte group as (u32, CohortEvent), 28 bytes a
+// pair instead of 32.
+#[repr(C, packed(4))]
 pub struct CohortEvent {
     /// Microseconds since the epoch.
     pub ts: i64,
@@ -142,6 +145,8 @@ pub struct CohortEvent {
     /// The calendar period `ts` falls in ([`NO_PERIOD`] with rolling windows).
     pub period: i32,
 }
+
+const _: () = assert!(std::mem::size_of::<(u32, CohortEvent)>() == 28);
 
 /// The period of an event when periods are rolling windows from the cohort event.
 pub const NO_PERIOD: i32 = i32::MIN;

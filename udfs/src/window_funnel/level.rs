@@ -13,10 +13,15 @@ use super::options::FunnelOptions;
 /// counts once per chain). Sixteen bytes, and it sorts by (ts, step, row): millions of
 /// them are buffered, and the buffer is sorted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+// Four-byte alignment: buffered beside a 4-byte group as (u32, Event), 20 bytes a pair
+// instead of 24 (an unaligned 8-byte load costs nothing measurable on x86-64).
+#[repr(C, packed(4))]
 pub struct Event {
     pub ts: i64,
     step_row: u64,
 }
+
+const _: () = assert!(std::mem::size_of::<(u32, Event)>() == 20);
 
 /// Row ids below this (2^56) fit beside the step.
 const ROW_LIMIT: u64 = 1 << 56;
