@@ -1,8 +1,8 @@
 //! State for `window_funnel`: the (row, condition) pairs that match a condition (plus
-//! non-matching rows in strict_order mode, where they break chains), 32 bytes each, in
-//! one flat buffer for all groups (see [`FlatAggregate`]). At the end the buffer is sorted
-//! by (group, ts, step, row) — close to linear for person- or time-ordered input — and
-//! each group's run is scanned once.
+//! non-matching rows in strict_order mode, where they break chains), 20 bytes each with
+//! their group, in one flat buffer for all groups (see [`FlatAggregate`]). At the end the
+//! buffer is sorted by (group, ts, step, row) — close to linear for person- or
+//! time-ordered input — and each group's run is scanned once.
 //!
 //! The partial-aggregation state is three lists per group: ts, step, row.
 
