@@ -15,16 +15,13 @@ use datafusion::error::Result;
 
 use super::models::{split, Model, Touch};
 use super::{ARG_CHANNEL, ARG_CONVERSION, ARG_TS, ARG_VALUE, NO_TOUCH};
-use crate::grouped::{for_each_element, list_offsets, runs, FlatAggregate, FlatEvents};
+use crate::grouped::{for_each_element, list_offsets, runs, Entry, FlatAggregate, FlatEvents};
 use crate::true_rows::TrueRows;
 
 pub type AttributionGroups = FlatAggregate<AttributionSpec>;
 
 /// A row that is a touch (channel set), a conversion, or both.
 #[derive(Debug, Clone, Copy)]
-// Four-byte alignment: buffered beside a 4-byte group as (u32, AttributionEvent), 28
-// bytes a pair instead of 32.
-#[repr(C, packed(4))]
 pub struct AttributionEvent {
     pub ts: i64,
     /// Interned channel, 0 for none.
@@ -33,7 +30,8 @@ pub struct AttributionEvent {
     pub value: f64,
 }
 
-const _: () = assert!(std::mem::size_of::<(u32, AttributionEvent)>() == 28);
+// Buffered with its group in 28 bytes (24 and 4; see [`Entry`]).
+const _: () = assert!(std::mem::size_of::<Entry<AttributionEvent>>() == 28);
 
 #[derive(Debug)]
 pub struct AttributionSpec {
@@ -75,14 +73,14 @@ impl AttributionSpec {
 
     /// The credits of one person: (channel id, conversions, value), u32::MAX for
     /// conversions without a touch in their lookback.
-    fn credits(&self, run: &[(u32, AttributionEvent)], out: &mut Vec<(u32, f64, f64)>) {
+    fn credits(&self, run: &[Entry<AttributionEvent>], out: &mut Vec<(u32, f64, f64)>) {
         out.clear();
         let mut touches: Vec<Touch> = run
             .iter()
-            .filter(|e| e.1.channel != 0)
+            .filter(|e| e.event.channel != 0)
             .map(|e| Touch {
-                ts: e.1.ts,
-                channel: e.1.channel,
+                ts: e.event.ts,
+                channel: e.event.channel,
             })
             .collect();
         // Ties in time go in channel-name order, so that first/last touch are defined.
@@ -103,7 +101,7 @@ impl AttributionSpec {
             None => out.push((channel, conversions, value)),
         };
         let (mut lo, mut hi) = (0, 0);
-        for e in run.iter().map(|e| e.1).filter(|e| e.conversion) {
+        for e in run.iter().map(|e| e.event).filter(|e| e.conversion) {
             // The window is [ts - lookback, ts]: both ends count.
             while hi < touches.len() && touches[hi].ts <= e.ts {
                 hi += 1;
@@ -127,7 +125,7 @@ impl AttributionSpec {
         }
     }
 
-    fn results(&self, entries: &[(u32, AttributionEvent)], n: usize) -> Result<ArrayRef> {
+    fn results(&self, entries: &[Entry<AttributionEvent>], n: usize) -> Result<ArrayRef> {
         let mut lengths = Vec::with_capacity(n);
         let mut channel = StringBuilder::new();
         let mut conversions = Float64Builder::new();
@@ -222,11 +220,11 @@ impl FlatEvents for AttributionSpec {
         Ok(())
     }
 
-    fn results(&self, entries: &[(u32, AttributionEvent)], n: usize) -> Result<ArrayRef> {
+    fn results(&self, entries: &[Entry<AttributionEvent>], n: usize) -> Result<ArrayRef> {
         AttributionSpec::results(self, entries, n)
     }
 
-    fn state_lists(&self, entries: &[(u32, AttributionEvent)], n: usize) -> Vec<ArrayRef> {
+    fn state_lists(&self, entries: &[Entry<AttributionEvent>], n: usize) -> Vec<ArrayRef> {
         let offsets = list_offsets(entries, n);
         let list = |values: ArrayRef| -> ArrayRef {
             let field = Arc::new(datafusion::arrow::datatypes::Field::new_list_field(
@@ -237,7 +235,7 @@ impl FlatEvents for AttributionSpec {
         };
         vec![
             list(Arc::new(Int64Array::from_iter_values(
-                entries.iter().map(|e| e.1.ts),
+                entries.iter().map(|e| e.event.ts),
             ))),
             // Channels as a dictionary over this state's names: a merge maps each name
             // once instead of hashing every element's string.
@@ -246,17 +244,17 @@ impl FlatEvents for AttributionSpec {
                     Int32Array::from_iter(
                         entries
                             .iter()
-                            .map(|e| (e.1.channel != 0).then(|| e.1.channel as i32 - 1)),
+                            .map(|e| (e.event.channel != 0).then(|| e.event.channel as i32 - 1)),
                     ),
                     Arc::new(StringArray::from_iter_values(self.names.iter())),
                 )
                 .expect("keys index the names"),
             )),
             list(Arc::new(BooleanArray::from_iter(
-                entries.iter().map(|e| Some(e.1.conversion)),
+                entries.iter().map(|e| Some(e.event.conversion)),
             ))),
             list(Arc::new(Float64Array::from_iter_values(
-                entries.iter().map(|e| e.1.value),
+                entries.iter().map(|e| e.event.value),
             ))),
         ]
     }

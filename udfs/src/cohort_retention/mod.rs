@@ -26,7 +26,7 @@ use crate::args::{
     calendar_option, coerce_conditions, key_values, plan_err, string_literal, unit_option,
 };
 use crate::grouped::{
-    for_each_element, list_offsets, runs, FlatAggregate, FlatEvents, SingleGroup,
+    for_each_element, list_offsets, runs, Entry, FlatAggregate, FlatEvents, SingleGroup,
 };
 pub use crate::periods::Unit;
 use crate::periods::{self, Calendar};
@@ -132,9 +132,6 @@ impl CohortOptions {
 
 /// One row matching the cohort or the return condition.
 #[derive(Debug, Clone, Copy, PartialEq)]
-// Four-byte alignment: buffered beside a 4-byte group as (u32, CohortEvent), 28 bytes a
-// pair instead of 32.
-#[repr(C, packed(4))]
 pub struct CohortEvent {
     /// Microseconds since the epoch.
     pub ts: i64,
@@ -146,7 +143,9 @@ pub struct CohortEvent {
     pub period: i32,
 }
 
-const _: () = assert!(std::mem::size_of::<(u32, CohortEvent)>() == 28);
+// Buffered with its group in 28 bytes (24, the fields in the order Rust lays them out,
+// and 4; see [`Entry`]).
+const _: () = assert!(std::mem::size_of::<Entry<CohortEvent>>() == 28);
 
 /// The period of an event when periods are rolling windows from the cohort event.
 pub const NO_PERIOD: i32 = i32::MIN;
@@ -534,12 +533,12 @@ impl CohortSpec {
         Ok(())
     }
 
-    fn matrix_rows(&self, entries: &[(u32, CohortEvent)], n: usize) -> ArrayRef {
+    fn matrix_rows(&self, entries: &[Entry<CohortEvent>], n: usize) -> ArrayRef {
         let mut writer = RowWriter::new(&self.options);
         let mut scratch = vec![];
         for run in runs(entries, n) {
             scratch.clear();
-            scratch.extend(run.iter().map(|e| e.1));
+            scratch.extend(run.iter().map(|e| e.event));
             writer.person(&scratch);
         }
         let tz = Some(self.options.tz_name.as_str());
@@ -564,7 +563,7 @@ impl CohortSpec {
             .expect("same values, another zone")
     }
 
-    fn lists(entries: &[(u32, CohortEvent)], n: usize) -> Vec<ArrayRef> {
+    fn lists(entries: &[Entry<CohortEvent>], n: usize) -> Vec<ArrayRef> {
         let offsets = list_offsets(entries, n);
         let list = |values: ArrayRef| -> ArrayRef {
             let field = Arc::new(Field::new_list_field(values.data_type().clone(), true));
@@ -572,13 +571,13 @@ impl CohortSpec {
         };
         vec![
             list(Arc::new(Int64Array::from_iter_values(
-                entries.iter().map(|e| e.1.ts),
+                entries.iter().map(|e| e.event.ts),
             ))),
             list(Arc::new(UInt8Array::from_iter_values(
-                entries.iter().map(|e| e.1.flags),
+                entries.iter().map(|e| e.event.flags),
             ))),
             list(Arc::new(Float64Array::from_iter_values(
-                entries.iter().map(|e| e.1.value),
+                entries.iter().map(|e| e.event.value),
             ))),
         ]
     }
@@ -608,7 +607,7 @@ impl FlatEvents for CohortSpec {
         self.rows(values, filter, push)
     }
 
-    fn results(&self, entries: &[(u32, CohortEvent)], n: usize) -> Result<ArrayRef> {
+    fn results(&self, entries: &[Entry<CohortEvent>], n: usize) -> Result<ArrayRef> {
         Ok(self.matrix_rows(entries, n))
     }
 
@@ -625,7 +624,7 @@ impl FlatEvents for CohortSpec {
         Some((e.period as u32 as u64) << 8 | e.flags as u64)
     }
 
-    fn state_lists(&self, entries: &[(u32, CohortEvent)], n: usize) -> Vec<ArrayRef> {
+    fn state_lists(&self, entries: &[Entry<CohortEvent>], n: usize) -> Vec<ArrayRef> {
         Self::lists(entries, n)
     }
 
@@ -716,16 +715,16 @@ mod tests {
                 }
                 // Every event, sorted, none dropped.
                 let o = CohortOptions::parse(options).unwrap();
-                let mut all: Vec<(u32, CohortEvent)> = rows
+                let mut all: Vec<Entry<CohortEvent>> = rows
                     .iter()
                     .filter(|r| r.2 || r.3)
                     .map(|r| {
                         let flags = r.2 as u8 | (r.3 as u8) << 1;
                         let value = r.4.unwrap_or(f64::NAN);
-                        (r.0 as u32, CohortEvent::new(r.1, flags, value, &o))
+                        Entry::new(r.0 as u32, CohortEvent::new(r.1, flags, value, &o))
                     })
                     .collect();
-                all.sort_by_key(|e| (e.0, e.1.ts, e.1.flags));
+                all.sort_by_key(|e| (e.group, e.event.ts, e.event.flags));
                 let spec = CohortSpec {
                     options: o.clone(),
                     values: true,

@@ -15,7 +15,7 @@ use datafusion::error::Result;
 use super::chain::{find_chain, FunnelEvent};
 use super::options::FunnelOptions;
 use super::{ARG_BREAKDOWN, ARG_CONDS, ARG_HOLD, ARG_TIEBREAK, ARG_TS};
-use crate::grouped::{for_each_element, list_offsets, runs, FlatAggregate, FlatEvents};
+use crate::grouped::{for_each_element, list_offsets, runs, Entry, FlatAggregate, FlatEvents};
 
 pub type FunnelGroups = FlatAggregate<FunnelSpec>;
 
@@ -117,7 +117,7 @@ impl FunnelSpec {
         Ok(())
     }
 
-    fn chains(&self, entries: &[(u32, FunnelEvent)], n: usize) -> Result<ArrayRef> {
+    fn chains(&self, entries: &[Entry<FunnelEvent>], n: usize) -> Result<ArrayRef> {
         let steps = self.options.steps;
         let mut level = UInt8Builder::with_capacity(n);
         let mut entry_time = PrimitiveBuilder::<Int64Type>::with_capacity(n);
@@ -127,7 +127,7 @@ impl FunnelSpec {
         let mut events: Vec<FunnelEvent> = vec![];
         for run in runs(entries, n) {
             events.clear();
-            events.extend(run.iter().map(|e| e.1));
+            events.extend(run.iter().map(|e| e.event));
             match find_chain(&events, &self.options) {
                 Some(chain) => {
                     level.append_value(chain.level() as u8);
@@ -167,7 +167,7 @@ impl FunnelSpec {
         )))
     }
 
-    fn lists(&self, entries: &[(u32, FunnelEvent)], n: usize) -> Vec<ArrayRef> {
+    fn lists(&self, entries: &[Entry<FunnelEvent>], n: usize) -> Vec<ArrayRef> {
         let offsets = list_offsets(entries, n);
         let list = |values: ArrayRef| -> ArrayRef {
             let field = Arc::new(Field::new_list_field(values.data_type().clone(), true));
@@ -175,22 +175,22 @@ impl FunnelSpec {
         };
         let ints = |f: &dyn Fn(&FunnelEvent) -> i64| -> ArrayRef {
             Arc::new(Int64Array::from_iter_values(
-                entries.iter().map(|e| f(&e.1)),
+                entries.iter().map(|e| f(&{ e.event })),
             ))
         };
         let texts = |f: &dyn Fn(&FunnelEvent) -> u32| -> ArrayRef {
             Arc::new(StringArray::from_iter(
-                entries.iter().map(|e| self.value(f(&e.1))),
+                entries.iter().map(|e| self.value(f(&{ e.event }))),
             ))
         };
         vec![
             list(ints(&|e| e.ts)),
             list(ints(&|e| e.tiebreak)),
             list(Arc::new(UInt64Array::from_iter_values(
-                entries.iter().map(|e| e.1.row),
+                entries.iter().map(|e| e.event.row),
             ))),
             list(Arc::new(UInt64Array::from_iter_values(
-                entries.iter().map(|e| e.1.mask),
+                entries.iter().map(|e| e.event.mask),
             ))),
             list(texts(&|e| e.hold)),
             list(texts(&|e| e.breakdown)),
@@ -224,11 +224,11 @@ impl FlatEvents for FunnelSpec {
         self.add_matching_rows(values, filter, push)
     }
 
-    fn results(&self, entries: &[(u32, FunnelEvent)], n: usize) -> Result<ArrayRef> {
+    fn results(&self, entries: &[Entry<FunnelEvent>], n: usize) -> Result<ArrayRef> {
         self.chains(entries, n)
     }
 
-    fn state_lists(&self, entries: &[(u32, FunnelEvent)], n: usize) -> Vec<ArrayRef> {
+    fn state_lists(&self, entries: &[Entry<FunnelEvent>], n: usize) -> Vec<ArrayRef> {
         self.lists(entries, n)
     }
 

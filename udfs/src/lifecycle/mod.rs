@@ -23,7 +23,7 @@ use crate::args::{
     calendar_option, coerce_conditions, key_values, plan_err, string_literal, unit_option,
 };
 use crate::grouped::{
-    for_each_element, list_offsets, runs, FlatAggregate, FlatEvents, SingleGroup,
+    for_each_element, list_offsets, runs, Entry, FlatAggregate, FlatEvents, SingleGroup,
 };
 use crate::periods::{self, Calendar, Unit};
 use crate::true_rows::TrueRows;
@@ -268,14 +268,14 @@ impl LifecycleSpec {
         Ok(())
     }
 
-    fn period_statuses(&self, entries: &[(u32, i64)], n: usize) -> ArrayRef {
+    fn period_statuses(&self, entries: &[Entry<i64>], n: usize) -> ArrayRef {
         let mut dates = Date32Builder::new();
         let mut names = StringBuilder::new();
         let mut lengths = Vec::with_capacity(n);
         let mut active = vec![];
         for run in runs(entries, n) {
             active.clear();
-            active.extend(run.iter().map(|e| e.1));
+            active.extend(run.iter().map(|e| e.event));
             active.dedup();
             let s = statuses(&active);
             lengths.push(s.len());
@@ -303,8 +303,8 @@ impl LifecycleSpec {
         ))
     }
 
-    fn state_list(entries: &[(u32, i64)], n: usize) -> Vec<ArrayRef> {
-        let values = Int64Array::from_iter_values(entries.iter().map(|e| e.1));
+    fn state_list(entries: &[Entry<i64>], n: usize) -> Vec<ArrayRef> {
+        let values = Int64Array::from_iter_values(entries.iter().map(|e| e.event));
         let field = Arc::new(Field::new_list_field(DataType::Int64, true));
         vec![Arc::new(ListArray::new(
             field,
@@ -346,11 +346,11 @@ impl FlatEvents for LifecycleSpec {
         self.rows(values, filter, push)
     }
 
-    fn results(&self, entries: &[(u32, i64)], n: usize) -> Result<ArrayRef> {
+    fn results(&self, entries: &[Entry<i64>], n: usize) -> Result<ArrayRef> {
         Ok(self.period_statuses(entries, n))
     }
 
-    fn state_lists(&self, entries: &[(u32, i64)], n: usize) -> Vec<ArrayRef> {
+    fn state_lists(&self, entries: &[Entry<i64>], n: usize) -> Vec<ArrayRef> {
         Self::state_list(entries, n)
     }
 

@@ -20,7 +20,7 @@ use datafusion::error::Result;
 
 use super::options::PathOptions;
 use super::path::{edges, Anchor, Edge};
-use crate::grouped::{for_each_element, group_lists, runs, FlatAggregate, FlatEvents};
+use crate::grouped::{for_each_element, group_lists, runs, Entry, FlatAggregate, FlatEvents};
 use crate::intern::{for_each_str, order_ties, Interner};
 
 pub type PathGroups = FlatAggregate<PathSpec>;
@@ -116,7 +116,7 @@ impl FlatEvents for PathSpec {
         Ok(())
     }
 
-    fn results(&self, entries: &[(u32, Row)], n: usize) -> Result<ArrayRef> {
+    fn results(&self, entries: &[Entry<Row>], n: usize) -> Result<ArrayRef> {
         let (start, end) = (
             self.anchor(&self.options.start),
             self.anchor(&self.options.end),
@@ -127,7 +127,7 @@ impl FlatEvents for PathSpec {
         let mut lengths = Vec::with_capacity(n);
         for run in runs(entries, n) {
             rows.clear();
-            rows.extend(run.iter().map(|e| (e.1.ts, e.1.event)));
+            rows.extend(run.iter().map(|e| (e.event.ts, e.event.event)));
             order_ties(
                 &mut rows,
                 |r| r.0,
@@ -159,11 +159,11 @@ impl FlatEvents for PathSpec {
         )))
     }
 
-    fn state_lists(&self, entries: &[(u32, Row)], n: usize) -> Vec<ArrayRef> {
-        let ts = Int64Array::from_iter_values(entries.iter().map(|e| e.1.ts));
+    fn state_lists(&self, entries: &[Entry<Row>], n: usize) -> Vec<ArrayRef> {
+        let ts = Int64Array::from_iter_values(entries.iter().map(|e| e.event.ts));
         let mut events = StringBuilder::new();
         for e in entries {
-            events.append_value(self.events.text(e.1.event));
+            events.append_value(self.events.text(e.event.event));
         }
         group_lists(entries, n, vec![Arc::new(ts), Arc::new(events.finish())])
     }

@@ -19,7 +19,7 @@ use datafusion::error::Result;
 
 use super::matcher::{Matcher, Scratch};
 use super::Answer;
-use crate::grouped::{for_each_element, group_lists, runs, FlatAggregate, FlatEvents};
+use crate::grouped::{for_each_element, group_lists, runs, Entry, FlatAggregate, FlatEvents};
 use crate::true_rows::TrueRows;
 
 pub type SequenceGroups = FlatAggregate<SequenceSpec>;
@@ -93,7 +93,7 @@ impl FlatEvents for SequenceSpec {
         Ok(())
     }
 
-    fn results(&self, entries: &[(u32, Row)], n: usize) -> Result<ArrayRef> {
+    fn results(&self, entries: &[Entry<Row>], n: usize) -> Result<ArrayRef> {
         let (mut ts, mut masks) = (vec![], vec![]);
         let mut scratch = Scratch::default();
         let mut matched = Vec::with_capacity(n);
@@ -101,8 +101,8 @@ impl FlatEvents for SequenceSpec {
         for run in runs(entries, n) {
             ts.clear();
             masks.clear();
-            ts.extend(run.iter().map(|e| e.1.ts));
-            masks.extend(run.iter().map(|e| e.1.conditions));
+            ts.extend(run.iter().map(|e| e.event.ts));
+            masks.extend(run.iter().map(|e| e.event.conditions));
             match self.answer {
                 Answer::Match => matched.push(self.matcher.matches(&ts, &masks, &mut scratch)),
                 Answer::Count => counts.push(self.matcher.count(&ts, &masks, &mut scratch)),
@@ -114,9 +114,9 @@ impl FlatEvents for SequenceSpec {
         })
     }
 
-    fn state_lists(&self, entries: &[(u32, Row)], n: usize) -> Vec<ArrayRef> {
-        let ts = Int64Array::from_iter_values(entries.iter().map(|e| e.1.ts));
-        let conditions = UInt64Array::from_iter_values(entries.iter().map(|e| e.1.conditions));
+    fn state_lists(&self, entries: &[Entry<Row>], n: usize) -> Vec<ArrayRef> {
+        let ts = Int64Array::from_iter_values(entries.iter().map(|e| e.event.ts));
+        let conditions = UInt64Array::from_iter_values(entries.iter().map(|e| e.event.conditions));
         group_lists(entries, n, vec![Arc::new(ts), Arc::new(conditions)])
     }
 

@@ -17,7 +17,7 @@ use datafusion::arrow::datatypes::{DataType, Int64Type, UInt64Type};
 use datafusion::error::Result;
 
 use super::{Base, Direction, NextNodeOptions};
-use crate::grouped::{for_each_element, group_lists, runs, FlatAggregate, FlatEvents};
+use crate::grouped::{for_each_element, group_lists, runs, Entry, FlatAggregate, FlatEvents};
 use crate::intern::{for_each_str, order_ties, Interner};
 
 pub type NextNodeGroups = FlatAggregate<NextNodeSpec>;
@@ -131,12 +131,12 @@ impl FlatEvents for NextNodeSpec {
         Ok(())
     }
 
-    fn results(&self, entries: &[(u32, Row)], n: usize) -> Result<ArrayRef> {
+    fn results(&self, entries: &[Entry<Row>], n: usize) -> Result<ArrayRef> {
         let mut out = StringBuilder::new();
         let mut rows: Vec<Row> = vec![];
         for run in runs(entries, n) {
             rows.clear();
-            rows.extend(run.iter().map(|e| e.1));
+            rows.extend(run.iter().map(|e| e.event));
             // Rows of equal time: in value order, then events, then base.
             order_ties(
                 &mut rows,
@@ -158,14 +158,14 @@ impl FlatEvents for NextNodeSpec {
         Ok(datafusion::arrow::compute::cast(&out, &self.output)?)
     }
 
-    fn state_lists(&self, entries: &[(u32, Row)], n: usize) -> Vec<ArrayRef> {
-        let ts = Int64Array::from_iter_values(entries.iter().map(|e| e.1.ts));
+    fn state_lists(&self, entries: &[Entry<Row>], n: usize) -> Vec<ArrayRef> {
+        let ts = Int64Array::from_iter_values(entries.iter().map(|e| e.event.ts));
         let mut values = StringBuilder::new();
         for e in entries {
-            values.append_value(self.values.text(e.1.value));
+            values.append_value(self.values.text(e.event.value));
         }
-        let base = BooleanArray::from_iter(entries.iter().map(|e| Some(e.1.base)));
-        let events = UInt64Array::from_iter_values(entries.iter().map(|e| e.1.events));
+        let base = BooleanArray::from_iter(entries.iter().map(|e| Some(e.event.base)));
+        let events = UInt64Array::from_iter_values(entries.iter().map(|e| e.event.events));
         group_lists(
             entries,
             n,

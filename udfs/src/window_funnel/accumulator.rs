@@ -16,7 +16,7 @@ use datafusion::error::Result;
 
 use super::level::{funnel_level, Event};
 use super::options::FunnelOptions;
-use crate::grouped::{for_each_element, group_lists, runs, FlatAggregate, FlatEvents};
+use crate::grouped::{for_each_element, group_lists, runs, Entry, FlatAggregate, FlatEvents};
 use crate::true_rows::TrueRows;
 
 pub type FunnelGroups = FlatAggregate<FunnelSpec>;
@@ -119,22 +119,22 @@ impl FlatEvents for FunnelSpec {
         Ok(())
     }
 
-    fn results(&self, entries: &[(u32, Event)], n: usize) -> Result<ArrayRef> {
+    fn results(&self, entries: &[Entry<Event>], n: usize) -> Result<ArrayRef> {
         let mut scratch: Vec<Event> = vec![];
         let levels: Vec<u8> = runs(entries, n)
             .map(|run| {
                 scratch.clear();
-                scratch.extend(run.iter().map(|e| e.1));
+                scratch.extend(run.iter().map(|e| e.event));
                 funnel_level(&scratch, &self.options)
             })
             .collect();
         Ok(Arc::new(UInt8Array::from(levels)))
     }
 
-    fn state_lists(&self, entries: &[(u32, Event)], n: usize) -> Vec<ArrayRef> {
-        let ts = Int64Array::from_iter_values(entries.iter().map(|e| e.1.ts));
-        let step = UInt8Array::from_iter_values(entries.iter().map(|e| e.1.step()));
-        let row = UInt64Array::from_iter_values(entries.iter().map(|e| e.1.row()));
+    fn state_lists(&self, entries: &[Entry<Event>], n: usize) -> Vec<ArrayRef> {
+        let ts = Int64Array::from_iter_values(entries.iter().map(|e| e.event.ts));
+        let step = UInt8Array::from_iter_values(entries.iter().map(|e| { e.event }.step()));
+        let row = UInt64Array::from_iter_values(entries.iter().map(|e| { e.event }.row()));
         group_lists(
             entries,
             n,

@@ -13,15 +13,13 @@ use super::options::FunnelOptions;
 /// counts once per chain). Sixteen bytes, and it sorts by (ts, step, row): millions of
 /// them are buffered, and the buffer is sorted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-// Four-byte alignment: buffered beside a 4-byte group as (u32, Event), 20 bytes a pair
-// instead of 24 (an unaligned 8-byte load costs nothing measurable on x86-64).
-#[repr(C, packed(4))]
 pub struct Event {
     pub ts: i64,
     step_row: u64,
 }
 
-const _: () = assert!(std::mem::size_of::<(u32, Event)>() == 20);
+// Buffered with its group in 20 bytes (see [`crate::grouped::Entry`]).
+const _: () = assert!(std::mem::size_of::<crate::grouped::Entry<Event>>() == 20);
 
 /// Row ids below this (2^56) fit beside the step.
 const ROW_LIMIT: u64 = 1 << 56;
