@@ -26,6 +26,7 @@ pub mod sessionize;
 pub mod settings;
 pub mod shapley_attribution;
 pub mod single_phase;
+mod spare_buffers;
 pub mod string_key_aggregate;
 #[cfg(test)]
 mod test_random;
