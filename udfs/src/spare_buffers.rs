@@ -6,8 +6,13 @@
 //! the buffer also grows by doubling, and the counting sort writes a second one. On 10M
 //! person-sorted events that was about 23k page faults per `attribution` query, paid
 //! again by every query. As with the key map's tables ([`crate::key_map`]), buffers of
-//! at least [`SMALLEST`] bytes are kept when freed, up to [`MOST`] bytes in all, and
-//! handed to the next buffer of the same element type.
+//! at least [`SMALLEST`] bytes are kept when freed, up to [`MOST`] bytes in all, by
+//! element type. A buffer of that type growing past [`SMALLEST`] continues in the
+//! smallest kept one with room ([`crate::grouped::GroupedEvents`]), and the counting
+//! sort writes into one: on a repeated query, buffers of the sizes they end at. Only
+//! kept buffers are taken while growing, so a first query grows by `realloc` as before
+//! and holds no more memory at its peak. The kept memory stays with the process between
+//! queries, outside any query's memory limit (docs/functions/README.md).
 
 use std::any::{Any, TypeId};
 use std::sync::Mutex;
