@@ -7,7 +7,7 @@ use datafusion::common::HashMap;
 
 use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, DictionaryArray, Float64Array, Float64Builder,
-    Int32Array, Int64Array, ListArray, StringArray, StringBuilder, StructArray,
+    Int32Array, Int64Array, ListArray, StringArray, StringBuilder, StringViewArray, StructArray,
 };
 use datafusion::arrow::buffer::OffsetBuffer;
 use datafusion::arrow::datatypes::{DataType, Fields, Float64Type, Int32Type, Int64Type};
@@ -40,6 +40,10 @@ pub struct AttributionSpec {
     item_fields: Fields,
     names: Vec<String>,
     ids: HashMap<String, u32>,
+    /// Ids of channel names of at most 12 bytes by their whole string view (the view
+    /// holds such a name zero-padded, so equal views are equal names): no string is
+    /// hashed, compared or copied for them.
+    view_ids: HashMap<u128, u32>,
 }
 
 impl AttributionSpec {
@@ -50,6 +54,7 @@ impl AttributionSpec {
             item_fields,
             names: vec![],
             ids: HashMap::default(),
+            view_ids: HashMap::default(),
         }
     }
 
@@ -63,6 +68,19 @@ impl AttributionSpec {
         id
     }
 
+    fn intern_view(&mut self, channels: &StringViewArray, row: usize) -> u32 {
+        let view = channels.views()[row];
+        if view as u32 > 12 {
+            return self.intern(channels.value(row));
+        }
+        if let Some(id) = self.view_ids.get(&view) {
+            return *id;
+        }
+        let id = self.intern(channels.value(row));
+        self.view_ids.insert(view, id);
+        id
+    }
+
     fn name(&self, id: u32) -> &str {
         if id == u32::MAX {
             NO_TOUCH
@@ -73,16 +91,23 @@ impl AttributionSpec {
 
     /// The credits of one person: (channel id, conversions, value), u32::MAX for
     /// conversions without a touch in their lookback.
-    fn credits(&self, run: &[Entry<AttributionEvent>], out: &mut Vec<(u32, f64, f64)>) {
+    /// `touches` is scratch space, reused from person to person.
+    fn credits(
+        &self,
+        run: &[Entry<AttributionEvent>],
+        touches: &mut Vec<Touch>,
+        out: &mut Vec<(u32, f64, f64)>,
+    ) {
         out.clear();
-        let mut touches: Vec<Touch> = run
-            .iter()
-            .filter(|e| e.event.channel != 0)
-            .map(|e| Touch {
-                ts: e.event.ts,
-                channel: e.event.channel,
-            })
-            .collect();
+        touches.clear();
+        touches.extend(
+            run.iter()
+                .filter(|e| e.event.channel != 0)
+                .map(|e| Touch {
+                    ts: e.event.ts,
+                    channel: e.event.channel,
+                }),
+        );
         // Ties in time go in channel-name order, so that first/last touch are defined.
         if touches.windows(2).any(|w| w[0].ts == w[1].ts) {
             touches.sort_by(|a, b| {
@@ -130,9 +155,9 @@ impl AttributionSpec {
         let mut channel = StringBuilder::new();
         let mut conversions = Float64Builder::new();
         let mut value = Float64Builder::new();
-        let mut credits = vec![];
+        let (mut touches, mut credits) = (vec![], vec![]);
         for run in runs(entries, n) {
-            self.credits(run, &mut credits);
+            self.credits(run, &mut touches, &mut credits);
             credits.sort_by(|a, b| self.name(a.0).cmp(self.name(b.0)));
             lengths.push(credits.len());
             for (c, k, v) in &credits {
@@ -183,8 +208,15 @@ impl FlatEvents for AttributionSpec {
     ) -> Result<()> {
         let ts = datafusion::arrow::compute::cast(&values[ARG_TS], &DataType::Int64)?;
         let ts = ts.as_primitive::<Int64Type>();
-        let channel = datafusion::arrow::compute::cast(&values[ARG_CHANNEL], &DataType::Utf8)?;
-        let channel = channel.as_string::<i32>();
+        // Channels read as string views (Parquet's strings) are interned by their views;
+        // other string types are read as Utf8.
+        let channel = &values[ARG_CHANNEL];
+        let views = channel.as_string_view_opt();
+        let strings = match views {
+            Some(_) => None,
+            None => Some(datafusion::arrow::compute::cast(channel, &DataType::Utf8)?),
+        };
+        let strings = strings.as_ref().map(|s| s.as_string::<i32>());
         let conversion = TrueRows::new(values[ARG_CONVERSION].as_boolean());
         let value = datafusion::arrow::compute::cast(&values[ARG_VALUE], &DataType::Float64)?;
         let value = value.as_primitive::<Float64Type>();
@@ -198,10 +230,11 @@ impl FlatEvents for AttributionSpec {
             if !is_conversion && !touch {
                 continue;
             }
-            let channel_id = if touch {
-                self.intern(channel.value(row))
-            } else {
-                0
+            let channel_id = match (touch, views, strings) {
+                (false, _, _) => 0,
+                (true, Some(views), _) => self.intern_view(views, row),
+                (true, None, Some(strings)) => self.intern(strings.value(row)),
+                (true, None, None) => unreachable!("channels are views or strings"),
             };
             push(
                 row,
@@ -294,6 +327,10 @@ impl FlatEvents for AttributionSpec {
     }
 
     fn extra_size(&self) -> usize {
-        self.names.iter().map(|s| s.capacity() * 2 + 48).sum()
+        self.names
+            .iter()
+            .map(|s| s.capacity() * 2 + 48)
+            .sum::<usize>()
+            + self.view_ids.capacity() * 24
     }
 }

@@ -130,12 +130,12 @@ impl AggregateUDFImpl for Attribution {
                 "argument 3 (ts) must be a timestamp or an integer, got {ts}"
             )));
         }
-        if crate::args::string_column_type(&types[ARG_CHANNEL]).is_none() {
+        let Some(channel) = crate::args::string_column_type(&types[ARG_CHANNEL]) else {
             return Err(plan_err(format!(
                 "argument 4 (channel) must be a string (NULL on rows that are not touches), got {}",
                 types[ARG_CHANNEL]
             )));
-        }
+        };
         if !matches!(types[ARG_CONVERSION], DataType::Boolean | DataType::Null) {
             return Err(plan_err(format!(
                 "argument 5 (conversion) must be a boolean, got {}",
@@ -152,7 +152,8 @@ impl AggregateUDFImpl for Attribution {
             lookback.clone(),
             DataType::Utf8,
             ts.clone(),
-            DataType::Utf8,
+            // As read (no copy of Parquet's string views); the accumulator takes any.
+            channel,
             DataType::Boolean,
             DataType::Float64,
         ])
@@ -220,5 +221,44 @@ impl AggregateUDFImpl for Attribution {
             .build()
         });
         Some(&DOC)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use datafusion::prelude::SessionConfig;
+
+    /// Parquet's strings arrive as views; the channel argument takes them as they are
+    /// (the accumulator interns a short name by its view), so no cast copies every
+    /// batch's channels into a new string array.
+    #[tokio::test]
+    async fn channels_are_read_without_a_cast() {
+        let ctx = crate::test_session::session(SessionConfig::new(), |_| {}, |b| b);
+        for (name, ty) in [
+            ("views", "Utf8View"),
+            ("strings", "Utf8"),
+            ("large", "LargeUtf8"),
+        ] {
+            ctx.sql(&format!(
+                "CREATE VIEW {name} AS SELECT p, ts, arrow_cast(ch, '{ty}') AS ch, conv FROM \
+                 (VALUES (1, 0, 'email', false), (1, 5, NULL, true)) AS v(p, ts, ch, conv)"
+            ))
+            .await
+            .unwrap();
+            let plan = ctx
+                .sql(&format!(
+                    "SELECT attribution(10, 'model=linear', ts, ch, conv, 1.0) FROM {name} GROUP BY p"
+                ))
+                .await
+                .unwrap()
+                .into_optimized_plan()
+                .unwrap();
+            let text = plan.display_indent().to_string();
+            assert!(text.contains("attribution("), "{text}");
+            assert!(
+                !text.contains("CAST(") && !text.contains("arrow_cast"),
+                "{ty}: {text}"
+            );
+        }
     }
 }
