@@ -100,14 +100,10 @@ impl AttributionSpec {
     ) {
         out.clear();
         touches.clear();
-        touches.extend(
-            run.iter()
-                .filter(|e| e.event.channel != 0)
-                .map(|e| Touch {
-                    ts: e.event.ts,
-                    channel: e.event.channel,
-                }),
-        );
+        touches.extend(run.iter().filter(|e| e.event.channel != 0).map(|e| Touch {
+            ts: e.event.ts,
+            channel: e.event.channel,
+        }));
         // Ties in time go in channel-name order, so that first/last touch are defined.
         if touches.windows(2).any(|w| w[0].ts == w[1].ts) {
             touches.sort_by(|a, b| {
