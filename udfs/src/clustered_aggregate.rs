@@ -135,19 +135,24 @@ fn values_in_place(
     plan: Arc<dyn ExecutionPlan>,
     needed: bool,
 ) -> Result<Transformed<Arc<dyn ExecutionPlan>>> {
+    let mut changed = false;
+    let mut plan = plan;
     if let Some(exec) = plan.downcast_ref::<ClusteredAggregateExec>() {
         if !needed && !exec.values_in_place {
-            return Ok(Transformed::yes(Arc::new(exec.with_values_in_place()?)));
+            plan = Arc::new(exec.with_values_in_place()?);
+            changed = true;
         }
     }
     let requirements = plan.input_distribution_requirements();
     // An operator whose output is hash-partitioned may have that partitioning from its
-    // input (a repartition makes its own). Operators of several inputs (joins, unions,
-    // interleaves) may need them partitioned alike: left as they are.
+    // input (a repartition, or a clustered aggregation, which routes by its own key,
+    // makes its own). Operators of several inputs (joins, unions, interleaves) may need
+    // them partitioned alike: left as they are.
     let passes_on = matches!(plan.output_partitioning(), Partitioning::Hash(..))
-        && plan.downcast_ref::<RepartitionExec>().is_none();
+        && plan.downcast_ref::<RepartitionExec>().is_none()
+        && plan.downcast_ref::<ClusteredAggregateExec>().is_none();
     let several = plan.children().len() > 1;
-    let mut changed = false;
+    let mut children_changed = false;
     let children = plan
         .children()
         .into_iter()
@@ -159,12 +164,12 @@ fn values_in_place(
             );
             let child_needed = required || several || (passes_on && needed);
             let child = values_in_place(Arc::clone(child), child_needed)?;
-            changed |= child.transformed;
+            children_changed |= child.transformed;
             Ok(child.data)
         })
         .collect::<Result<Vec<_>>>()?;
-    if !changed {
-        return Ok(Transformed::no(plan));
+    if !children_changed {
+        return Ok(Transformed::new_transformed(plan, changed));
     }
     Ok(Transformed::yes(replace_children_if_necessary(
         plan, children,
@@ -801,7 +806,7 @@ mod tests {
         ctx
     }
 
-    const QUERIES: [&str; 9] = [
+    const QUERIES: [&str; 10] = [
         "SELECT k, count(*), sum(v), count(v) FILTER (WHERE v > 5), min(ts), max(v) FROM t GROUP BY k",
         "SELECT k, window_funnel(10, '', ts, v > 2, v > 5, v > 7) AS level FROM t GROUP BY k",
         "SELECT k, retention(v = 1, v = 2), sequence_count('(?1)(?2)', ts, v = 1, v = 2) FROM t GROUP BY k",
@@ -810,6 +815,9 @@ mod tests {
         "SELECT k, sequence_next_node('forward', 'head', ts, CAST(v AS VARCHAR), true) FROM t GROUP BY k",
         "SELECT level, count(*) FROM (SELECT window_funnel(10, '', ts, v > 2, v > 5) AS level FROM t GROUP BY k) GROUP BY level",
         "SELECT k FROM t GROUP BY k",
+        // Grouped again by a string, by a clustered aggregation of its own, which does not
+        // need its input partitioned by anything (attribution's channel report).
+        "SELECT CAST(level AS VARCHAR) AS l, count(*) FROM (SELECT window_funnel(10, '', ts, v > 2, v > 5) AS level FROM t GROUP BY k) GROUP BY l",
         // Operators above that rely on the output being partitioned by the key: an
         // aggregation by the key again, a window partitioned by it, a join on it.
         "SELECT k, count(*), max(level) FROM (SELECT k, window_funnel(10, '', ts, v > 2, v > 5) AS level FROM t GROUP BY k) GROUP BY k",
@@ -899,8 +907,12 @@ mod tests {
         // Counted per level: the people finished in place need not move.
         let (_, plan, _) = run(&ours, QUERIES[4]).await;
         assert!(plan.contains("values=in_place"), "{plan}");
+        // Grouped again by another string: both clustered aggregations leave them.
+        let (got, plan, _) = run(&ours, QUERIES[6]).await;
+        assert_eq!(plan.matches("values=in_place").count(), 2, "{plan}");
+        assert_eq!(got, run(&theirs, QUERIES[6]).await.0);
         // Grouped, windowed or joined by the key above: they must.
-        for sql in &QUERIES[6..] {
+        for sql in &QUERIES[7..] {
             let (got, plan, _) = run(&ours, sql).await;
             assert!(plan.contains("ClusteredAggregateExec"), "{plan}");
             assert!(!plan.contains("values=in_place"), "{sql}\n{plan}");
