@@ -16,6 +16,7 @@ mod key_map;
 pub mod lifecycle;
 pub mod local_period;
 pub mod markov_attribution;
+mod packed_booleans;
 pub mod path_edges;
 pub mod periods;
 pub mod prefilter;

@@ -386,11 +386,13 @@ impl Inputs {
                 .flatten()
                 .map(|f| Arc::new(f) as ArrayRef),
         );
-        let fields: Vec<_> = columns
+        let mut fields: Vec<_> = columns
             .iter()
             .enumerate()
             .map(|(i, c)| Field::new(format!("c{i}"), c.data_type().clone(), true))
             .collect();
+        // Cheaper to hand on (the key, a string, stays column 0).
+        crate::packed_booleans::pack(&mut columns, &mut fields);
         let options = RecordBatchOptions::new().with_row_count(Some(rows));
         Ok(RecordBatch::try_new_with_options(
             Arc::new(Schema::new(fields)),
@@ -401,7 +403,8 @@ impl Inputs {
 
     /// The inverse of [`Inputs::evaluate_to_batch`].
     fn from_batch(&self, batch: &RecordBatch) -> Result<Evaluated> {
-        let mut columns = batch.columns().iter().cloned();
+        let columns = crate::packed_booleans::unpack(batch.columns(), batch.schema_ref().fields())?;
+        let mut columns = columns.into_iter();
         let Some(keys) = columns.next() else {
             return internal_err!("an evaluated batch without its key column");
         };
