@@ -26,7 +26,8 @@
 //! had made attribution 25% slower and doubled its memory on time-ordered data). The
 //! output is hash-partitioned by the key exactly as the final aggregation's was, unless
 //! nothing above relies on that (see [`values_in_place`]): then the people finished in
-//! an input partition stay in the output partition of the same number.
+//! an input partition stay in the output partition of the same number. A filter right
+//! below passes its batches on uncopied (see [`uncoalesced_filters`]).
 //!
 //! `SET tidepool.clustered_aggregation = false` keeps the two-phase plan.
 
