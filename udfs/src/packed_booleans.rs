@@ -65,22 +65,15 @@ pub(crate) fn pack(columns: &mut Vec<ArrayRef>, fields: &mut Vec<Field>) {
 /// Sets bit `bit` of byte `r` of `bytes` (eight rows to a `u64`) for each true row `r`.
 fn or_bits_into(values: &BooleanBuffer, bit: usize, bytes: &mut [u64]) {
     let spread = &*SPREAD;
-    let rows = values.len();
     let chunks = values.bit_chunks();
-    let mut out = bytes.iter_mut();
-    for word in chunks.iter() {
-        for byte in word.to_le_bytes() {
-            if let Some(eight) = out.next() {
-                *eight |= spread[byte as usize] << bit;
-            }
-        }
-    }
-    let remainder = chunks.remainder_bits().to_le_bytes();
-    let left = rows % 64;
-    for &byte in remainder.iter().take(left.div_ceil(8)) {
-        if let Some(eight) = out.next() {
-            *eight |= spread[byte as usize] << bit;
-        }
+    let tail = chunks.remainder_bits().to_le_bytes();
+    let tail_bytes = (values.len() % 64).div_ceil(8);
+    let bitmap_bytes = chunks
+        .iter()
+        .flat_map(u64::to_le_bytes)
+        .chain(tail.into_iter().take(tail_bytes));
+    for (eight, byte) in bytes.iter_mut().zip(bitmap_bytes) {
+        *eight |= spread[byte as usize] << bit;
     }
 }
 
