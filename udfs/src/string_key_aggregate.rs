@@ -17,9 +17,10 @@
 //! what it has and starts again, and any other mode fails with the pool's message.
 //! `SET tidepool.string_key_aggregation = false` plans DataFusion's own operator.
 
+use std::collections::HashMap;
 use std::collections::VecDeque;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::array::{ArrayRef, AsArray, BooleanArray, RecordBatch, RecordBatchOptions};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -90,6 +91,30 @@ pub struct StringKeyAggregateExec {
     /// Per aggregate, its FILTER (none in merge modes).
     filters: Vec<Option<Arc<dyn PhysicalExpr>>>,
     metrics: ExecutionPlanMetricsSet,
+    /// A hash of the plan this operator runs (see [`GROUP_COUNTS`]).
+    plan_id: u64,
+}
+
+/// How many groups each partition of an aggregation ended with, by the hash of its plan
+/// (input files, filters, key and aggregates, as `EXPLAIN` shows them), so that the same
+/// query run again starts its key map at that size ([`StringKeyMap::expecting`]), as
+/// ClickHouse keeps hash table sizes between runs. A wrong guess only costs time.
+static GROUP_COUNTS: std::sync::LazyLock<Mutex<HashMap<(u64, usize), usize>>> =
+    std::sync::LazyLock::new(Default::default);
+/// Plans × partitions remembered; past that the oldest guesses are all forgotten.
+const GROUP_COUNTS_KEPT: usize = 4096;
+
+fn expected_groups(plan_id: u64, partition: usize) -> usize {
+    let counts = GROUP_COUNTS.lock().unwrap_or_else(|e| e.into_inner());
+    counts.get(&(plan_id, partition)).copied().unwrap_or(0)
+}
+
+fn remember_groups(plan_id: u64, partition: usize, groups: usize) {
+    let mut counts = GROUP_COUNTS.lock().unwrap_or_else(|e| e.into_inner());
+    if counts.len() >= GROUP_COUNTS_KEPT {
+        counts.clear();
+    }
+    counts.insert((plan_id, partition), groups);
 }
 
 impl StringKeyAggregateExec {
@@ -144,6 +169,15 @@ impl StringKeyAggregateExec {
             args,
             filters,
             metrics: ExecutionPlanMetricsSet::new(),
+            plan_id: {
+                use std::hash::{Hash, Hasher};
+                let plan = datafusion::physical_plan::displayable(agg as &dyn ExecutionPlan)
+                    .indent(true)
+                    .to_string();
+                let mut hasher = std::collections::hash_map::DefaultHasher::new();
+                plan.hash(&mut hasher);
+                hasher.finish()
+            },
         }))
     }
 
@@ -175,7 +209,9 @@ impl StringKeyAggregateExec {
             row_inputs: None,
             merge: self.merges_states(),
             partial_output: *self.agg.mode() == AggregateMode::Partial,
-            map: StringKeyMap::new(),
+            map: StringKeyMap::new().expecting(expected_groups(self.plan_id, partition)),
+            plan_id: self.plan_id,
+            partition,
             accumulators,
             groups: Vec::new(),
             batch_size: context.session_config().batch_size(),
@@ -495,6 +531,9 @@ pub(crate) struct Aggregation {
     /// Output states (Partial mode), not values.
     partial_output: bool,
     map: StringKeyMap,
+    /// Where to remember how many groups it ended with (see [`GROUP_COUNTS`]).
+    plan_id: u64,
+    partition: usize,
     accumulators: Vec<Box<dyn GroupsAccumulator>>,
     /// The current batch's group per row (kept to reuse its allocation).
     groups: Vec<usize>,
@@ -636,6 +675,7 @@ impl Aggregation {
     ) -> Result<(Vec<RecordBatch>, Option<RecordBatch>)> {
         let _timer = self.metrics.elapsed_compute().timer();
         let n = self.map.len();
+        remember_groups(self.plan_id, self.partition, n);
         let key_type = self.schema.field(0).data_type().clone();
         let keys = self.map.take_keys(&key_type)?;
         let (mut values, mut states) = (Vec::new(), None);
@@ -685,6 +725,7 @@ impl Aggregation {
         if self.map.is_empty() {
             return Ok(());
         }
+        remember_groups(self.plan_id, self.partition, self.map.len());
         let key_type = self.schema.field(0).data_type().clone();
         let mut columns = vec![self.map.take_keys(&key_type)?];
         for acc in &mut self.accumulators {
@@ -844,6 +885,52 @@ mod tests {
         for sql in QUERIES {
             assert_eq!(run(&ours, sql).await.0, run(&theirs, sql).await.0, "{sql}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_query_run_again_expects_the_groups_it_ended_with() {
+        let ctx = session(DataType::Utf8View, 1, true).await;
+        let sql = "SELECT k, count(*) FROM t GROUP BY k";
+        let plan_ids = |plan: &Arc<dyn ExecutionPlan>| {
+            let mut ids = vec![];
+            plan.apply(|node| {
+                if let Some(exec) = node.downcast_ref::<StringKeyAggregateExec>() {
+                    ids.push(exec.plan_id);
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })
+            .unwrap();
+            ids
+        };
+        let plan = ctx
+            .sql(sql)
+            .await
+            .unwrap()
+            .create_physical_plan()
+            .await
+            .unwrap();
+        // The final aggregation (the partial one is below it), over one partition.
+        let final_id = plan_ids(&plan)[0];
+        datafusion::physical_plan::collect(plan, ctx.task_ctx())
+            .await
+            .unwrap();
+        let count = "SELECT count(DISTINCT k) + max(CASE WHEN k IS NULL THEN 1 ELSE 0 END) FROM t";
+        let groups: usize = run(&ctx, count)
+            .await
+            .0
+            .iter()
+            .find_map(|line| line.trim_matches(|c| c == '|' || c == ' ').parse().ok())
+            .unwrap();
+        assert_eq!(expected_groups(final_id, 0), groups);
+        // The same query planned again is the same plan, and will expect as many.
+        let again = ctx
+            .sql(sql)
+            .await
+            .unwrap()
+            .create_physical_plan()
+            .await
+            .unwrap();
+        assert_eq!(plan_ids(&again)[0], final_id);
     }
 
     #[tokio::test]
