@@ -263,9 +263,11 @@ impl StringKeyMap {
     fn presize_now(&mut self) {
         // At most half full, as grow keeps it; past 2^26 slots (2 GiB) growing is cheap
         // next to the rest.
-        let n = (2 * std::mem::take(&mut self.expected) + 1)
-            .next_power_of_two()
-            .min(1 << 26);
+        let expected = std::mem::take(&mut self.expected);
+        // Room for the keys' bytes too (a packed key's 16 are written whole).
+        self.ends.reserve(expected.saturating_sub(self.ends.len()));
+        self.bytes.reserve((16 * expected).saturating_sub(self.bytes.len()));
+        let n = (2 * expected + 1).next_power_of_two().min(1 << 26);
         if n <= self.slots.len() {
             return;
         }
@@ -356,6 +358,21 @@ impl StringKeyMap {
         Ok(group as u32)
     }
 
+    /// [`Self::new_group`] for a [`pack`]ed key: all 16 bytes are stored at once and cut
+    /// to its length (a call to copy 9 to 15 bytes cost more than the copy, 1% of an
+    /// attribution over 10M time-ordered events).
+    fn new_packed_group(&mut self, key: u128) -> Result<u32> {
+        let group = self.ends.len();
+        if group >= u32::MAX as usize {
+            return exec_err!("more than {} groups in one aggregation", u32::MAX);
+        }
+        let end = self.bytes.len() + (key >> 120) as usize;
+        self.bytes.extend_from_slice(&key.to_le_bytes());
+        self.bytes.truncate(end);
+        self.ends.push(end);
+        Ok(group as u32)
+    }
+
     fn null(&mut self) -> Result<usize> {
         match self.null_group {
             Some(g) => Ok(g),
@@ -398,10 +415,14 @@ impl StringKeyMap {
         keep_table(std::mem::replace(&mut self.slots, doubled));
     }
 
-    /// Put a new key in the empty slot `i` found by a probe.
+    /// Put a new key in the empty slot `i` found by a probe (`bytes`: a long key's; a
+    /// packed key holds its own).
     #[inline(never)]
-    fn insert_at(&mut self, i: usize, key: u128, bytes: &[u8]) -> Result<usize> {
-        let group = self.new_group(bytes)?;
+    fn insert_at(&mut self, i: usize, key: u128, bytes: Option<&[u8]>) -> Result<usize> {
+        let group = match bytes {
+            Some(bytes) => self.new_group(bytes)?,
+            None => self.new_packed_group(key)?,
+        };
         self.slots[i] = Slot { key, group };
         self.used += 1;
         if self.used * 2 > self.slots.len() {
@@ -420,8 +441,7 @@ impl StringKeyMap {
                 return Ok(slot.group as usize);
             }
             if slot.key == NO_KEY {
-                let len = (key >> 120) as usize;
-                return self.insert_at(i, key, &key.to_le_bytes()[..len]);
+                return self.insert_at(i, key, None);
             }
             i = (i + 1) & mask;
         }
@@ -438,7 +458,7 @@ impl StringKeyMap {
                 return Ok(slot.group as usize);
             }
             if slot.key == NO_KEY {
-                return self.insert_at(i, key, bytes);
+                return self.insert_at(i, key, Some(bytes));
             }
             i = (i + 1) & mask;
         }
