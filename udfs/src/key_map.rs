@@ -266,7 +266,8 @@ impl StringKeyMap {
         let expected = std::mem::take(&mut self.expected);
         // Room for the keys' bytes too (a packed key's 16 are written whole).
         self.ends.reserve(expected.saturating_sub(self.ends.len()));
-        self.bytes.reserve((16 * expected).saturating_sub(self.bytes.len()));
+        self.bytes
+            .reserve((16 * expected).saturating_sub(self.bytes.len()));
         let n = (2 * expected + 1).next_power_of_two().min(1 << 26);
         if n <= self.slots.len() {
             return;

@@ -11,6 +11,7 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::buffer::OffsetBuffer;
 use datafusion::arrow::datatypes::{DataType, Fields, Float64Type, Int32Type, Int64Type};
+use datafusion::common::exec_err;
 use datafusion::error::Result;
 
 use super::models::{split, Model, Touch};
@@ -20,18 +21,41 @@ use crate::true_rows::TrueRows;
 
 pub type AttributionGroups = FlatAggregate<AttributionSpec>;
 
-/// A row that is a touch (channel set), a conversion, or both.
+/// A row that is a touch (channel set), a conversion, or both. 20 bytes, buffered with
+/// its group in 24 (see [`Entry`]): the conversion flag rides in the channel id's top
+/// bit, and the fields are packed to 4-byte alignment, so that every matching row of a
+/// partition moves 4 bytes less through the buffer and its sort than as a plain struct.
+/// Fields are read by value (`e.event.ts`), never borrowed.
 #[derive(Debug, Clone, Copy)]
+#[repr(C, packed(4))]
 pub struct AttributionEvent {
     pub ts: i64,
-    /// Interned channel, 0 for none.
-    pub channel: u32,
-    pub conversion: bool,
     pub value: f64,
+    /// The interned channel (0 for none), and [`CONVERSION`].
+    touch: u32,
 }
 
-// Buffered with its group in 28 bytes (24 and 4; see [`Entry`]).
-const _: () = assert!(std::mem::size_of::<Entry<AttributionEvent>>() == 28);
+/// The bit of [`AttributionEvent::touch`] set on a conversion; channel ids stay below.
+const CONVERSION: u32 = 1 << 31;
+
+impl AttributionEvent {
+    pub fn new(ts: i64, channel: u32, conversion: bool, value: f64) -> Self {
+        debug_assert!(channel < CONVERSION);
+        let touch = channel | if conversion { CONVERSION } else { 0 };
+        AttributionEvent { ts, value, touch }
+    }
+
+    /// The interned channel, 0 for none.
+    pub fn channel(&self) -> u32 {
+        self.touch & !CONVERSION
+    }
+
+    pub fn conversion(&self) -> bool {
+        self.touch & CONVERSION != 0
+    }
+}
+
+const _: () = assert!(std::mem::size_of::<Entry<AttributionEvent>>() == 24);
 
 #[derive(Debug)]
 pub struct AttributionSpec {
@@ -58,27 +82,33 @@ impl AttributionSpec {
         }
     }
 
-    fn intern(&mut self, name: &str) -> u32 {
+    fn intern(&mut self, name: &str) -> Result<u32> {
         if let Some(id) = self.ids.get(name) {
-            return *id;
+            return Ok(*id);
+        }
+        if self.names.len() + 1 >= CONVERSION as usize {
+            return exec_err!(
+                "attribution: more than {} distinct channels",
+                CONVERSION - 2
+            );
         }
         self.names.push(name.to_string());
         let id = self.names.len() as u32;
         self.ids.insert(name.to_string(), id);
-        id
+        Ok(id)
     }
 
-    fn intern_view(&mut self, channels: &StringViewArray, row: usize) -> u32 {
+    fn intern_view(&mut self, channels: &StringViewArray, row: usize) -> Result<u32> {
         let view = channels.views()[row];
         if view as u32 > 12 {
             return self.intern(channels.value(row));
         }
         if let Some(id) = self.view_ids.get(&view) {
-            return *id;
+            return Ok(*id);
         }
-        let id = self.intern(channels.value(row));
+        let id = self.intern(channels.value(row))?;
         self.view_ids.insert(view, id);
-        id
+        Ok(id)
     }
 
     fn name(&self, id: u32) -> &str {
@@ -100,10 +130,14 @@ impl AttributionSpec {
     ) {
         out.clear();
         touches.clear();
-        touches.extend(run.iter().filter(|e| e.event.channel != 0).map(|e| Touch {
-            ts: e.event.ts,
-            channel: e.event.channel,
-        }));
+        touches.extend(
+            run.iter()
+                .filter(|e| e.event.channel() != 0)
+                .map(|e| Touch {
+                    ts: e.event.ts,
+                    channel: e.event.channel(),
+                }),
+        );
         // Ties in time go in channel-name order, so that first/last touch are defined.
         if touches.windows(2).any(|w| w[0].ts == w[1].ts) {
             touches.sort_by(|a, b| {
@@ -122,7 +156,7 @@ impl AttributionSpec {
             None => out.push((channel, conversions, value)),
         };
         let (mut lo, mut hi) = (0, 0);
-        for e in run.iter().map(|e| e.event).filter(|e| e.conversion) {
+        for e in run.iter().map(|e| e.event).filter(|e| e.conversion()) {
             // The window is [ts - lookback, ts]: both ends count.
             while hi < touches.len() && touches[hi].ts <= e.ts {
                 hi += 1;
@@ -228,22 +262,18 @@ impl FlatEvents for AttributionSpec {
             }
             let channel_id = match (touch, views, strings) {
                 (false, _, _) => 0,
-                (true, Some(views), _) => self.intern_view(views, row),
-                (true, None, Some(strings)) => self.intern(strings.value(row)),
+                (true, Some(views), _) => self.intern_view(views, row)?,
+                (true, None, Some(strings)) => self.intern(strings.value(row))?,
                 (true, None, None) => unreachable!("channels are views or strings"),
+            };
+            let value = if value.is_valid(row) {
+                value.value(row)
+            } else {
+                0.0
             };
             push(
                 row,
-                AttributionEvent {
-                    ts: ts.value(row),
-                    channel: channel_id,
-                    conversion: is_conversion,
-                    value: if value.is_valid(row) {
-                        value.value(row)
-                    } else {
-                        0.0
-                    },
-                },
+                AttributionEvent::new(ts.value(row), channel_id, is_conversion, value),
             );
         }
         Ok(())
@@ -271,16 +301,16 @@ impl FlatEvents for AttributionSpec {
             list(Arc::new(
                 DictionaryArray::<Int32Type>::try_new(
                     Int32Array::from_iter(
-                        entries
-                            .iter()
-                            .map(|e| (e.event.channel != 0).then(|| e.event.channel as i32 - 1)),
+                        entries.iter().map(|e| {
+                            (e.event.channel() != 0).then(|| e.event.channel() as i32 - 1)
+                        }),
                     ),
                     Arc::new(StringArray::from_iter_values(self.names.iter())),
                 )
                 .expect("keys index the names"),
             )),
             list(Arc::new(BooleanArray::from_iter(
-                entries.iter().map(|e| Some(e.event.conversion)),
+                entries.iter().map(|e| Some(e.event.conversion())),
             ))),
             list(Arc::new(Float64Array::from_iter_values(
                 entries.iter().map(|e| e.event.value),
@@ -299,7 +329,7 @@ impl FlatEvents for AttributionSpec {
         let names = channel.values().as_string::<i32>().clone();
         let ids: Vec<u32> = (0..names.len())
             .map(|k| self.intern(names.value(k)))
-            .collect();
+            .collect::<Result<_>>()?;
         let keys = channel.keys().clone();
         let conversion = lists[2].values().as_boolean().clone();
         let value = lists[3].values().as_primitive::<Float64Type>().clone();
@@ -311,12 +341,7 @@ impl FlatEvents for AttributionSpec {
             };
             push(
                 i,
-                AttributionEvent {
-                    ts: ts.value(j),
-                    channel: channel_id,
-                    conversion: conversion.value(j),
-                    value: value.value(j),
-                },
+                AttributionEvent::new(ts.value(j), channel_id, conversion.value(j), value.value(j)),
             );
         });
         Ok(())
@@ -328,5 +353,24 @@ impl FlatEvents for AttributionSpec {
             .map(|s| s.capacity() * 2 + 48)
             .sum::<usize>()
             + self.view_ids.capacity() * 24
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_keeps_its_channel_and_whether_it_converted() {
+        for channel in [0, 1, 7, CONVERSION - 1] {
+            for conversion in [false, true] {
+                let e = AttributionEvent::new(-5, channel, conversion, 2.5);
+                let (ts, value) = (e.ts, e.value);
+                assert_eq!(
+                    (ts, e.channel(), e.conversion(), value),
+                    (-5, channel, conversion, 2.5)
+                );
+            }
+        }
     }
 }
