@@ -37,8 +37,9 @@ use std::ops::Range;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 
-use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::array::{RecordBatch, RecordBatchOptions};
 use datafusion::arrow::compute::BatchCoalescer;
+use datafusion::arrow::datatypes::{Field, Schema};
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::runtime::SpawnedTask;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
@@ -494,7 +495,7 @@ impl Router {
         let senders = &self.senders;
         while let Some(batch) = coalescer.next_completed_batch() {
             partitioner.partition(inputs.evaluate_to_batch(&batch)?, |p, part| {
-                let _ = senders[p].unbounded_send(Ok(Message::Rows(part)));
+                let _ = senders[p].unbounded_send(Ok(Message::Rows(with_packed_keys(part)?)));
                 Ok(())
             })?;
         }
@@ -508,6 +509,24 @@ impl Router {
             let _ = sender.unbounded_send(Err(DataFusionError::Shared(Arc::clone(&e))));
         }
     }
+}
+
+/// Evaluated `rows` with their key (column 0) packed where it can be, for the map of the
+/// partition they go to (see [`crate::key_map::packed_keys`]).
+fn with_packed_keys(rows: RecordBatch) -> Result<RecordBatch> {
+    let Some(packed) = crate::key_map::packed_keys(rows.column(0).as_ref()) else {
+        return Ok(rows);
+    };
+    let mut fields = rows.schema().fields().to_vec();
+    fields[0] = Arc::new(Field::new("packed_key", packed.data_type().clone(), true));
+    let mut columns = rows.columns().to_vec();
+    columns[0] = packed;
+    let options = RecordBatchOptions::new().with_row_count(Some(rows.num_rows()));
+    Ok(RecordBatch::try_new_with_options(
+        Arc::new(Schema::new(fields)),
+        columns,
+        &options,
+    )?)
 }
 
 /// Input partition `i`: aggregate it, meet the others, then send each person on.

@@ -12,8 +12,8 @@
 //! keys keep their bytes in a buffer and compare them there.
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, GenericStringArray, LargeStringArray, OffsetSizeTrait, StringArray,
-    StringViewArray,
+    Array, ArrayRef, Decimal128Array, GenericStringArray, LargeStringArray, OffsetSizeTrait,
+    StringArray, StringViewArray,
 };
 use datafusion::arrow::buffer::{Buffer, NullBuffer, OffsetBuffer, ScalarBuffer};
 use datafusion::arrow::datatypes::DataType;
@@ -81,6 +81,44 @@ impl Default for StringKeyMap {
 fn fold_mul(a: u64, b: u64) -> u64 {
     let full = (a as u128) * (b as u128);
     (full as u64) ^ ((full >> 64) as u64)
+}
+
+/// Row `i`'s key of `keys` (whose view is `view`) packed, or [`LONG_MARK`].
+#[inline(always)]
+fn pack_view(keys: &StringViewArray, i: usize, view: u128) -> u128 {
+    let len = view as u32 as usize;
+    if len <= 12 {
+        // The view holds the bytes itself, after the 4-byte length; mask off anything
+        // past the key so that equal keys pack equally.
+        let data = (view >> 32) & ((1u128 << (len * 8)) - 1);
+        data | ((len as u128) << 120)
+    } else if len <= MAX_PACKED {
+        pack_9_to_15(keys.value(i).as_bytes())
+    } else {
+        LONG_MARK
+    }
+}
+
+/// `keys` (string views) packed as [`pack`] does, one 16-byte integer per row (NULLs
+/// kept), when every key has at most [`MAX_PACKED`] bytes; else None. A clustered
+/// aggregation hands rows to another partition's map with their keys so (see
+/// [`crate::clustered_aggregate`]): packing them where they were just read and hashed
+/// spares the map a load per row from the string buffers another core wrote (the
+/// largest stall of its lookups on time-ordered data, after the table's own).
+pub(crate) fn packed_keys(keys: &dyn Array) -> Option<ArrayRef> {
+    let keys = keys.as_any().downcast_ref::<StringViewArray>()?;
+    let mut packed = Vec::with_capacity(keys.len());
+    for (i, &view) in keys.views().iter().enumerate() {
+        match pack_view(keys, i, view) {
+            // A NULL's view is empty: it packs to 0 bytes, and its null bit stays.
+            LONG_MARK => return None,
+            key => packed.push(key as i128),
+        }
+    }
+    Some(Arc::new(Decimal128Array::new(
+        ScalarBuffer::from(packed),
+        keys.logical_nulls(),
+    )))
 }
 
 /// A key of at most 15 bytes as one integer: the bytes, then the length in the top byte.
@@ -481,6 +519,12 @@ impl StringKeyMap {
                 keys.as_any().downcast_ref::<LargeStringArray>().unwrap(),
                 groups,
             ),
+            DataType::Decimal128(..) => {
+                let keys = keys.as_any().downcast_ref::<Decimal128Array>().unwrap();
+                self.runs_of_packed(keys);
+                // (No key of a packed column is long.)
+                self.intern_runs(groups, |_| &[])
+            }
             other => internal_err!("string key map given a {other} key"),
         }
     }
@@ -491,7 +535,8 @@ impl StringKeyMap {
     /// map and `groups` as they were, at the first NULL or key below the last one; the
     /// caller then calls [`Self::index_all`] and [`Self::intern`].
     pub fn push_sorted(&mut self, keys: &dyn Array, groups: &mut Vec<usize>) -> Result<bool> {
-        if keys.null_count() > 0 {
+        // Packed keys ([`packed_keys`]) come only from partitions not sorted by key.
+        if keys.null_count() > 0 || matches!(keys.data_type(), DataType::Decimal128(..)) {
             return Ok(false);
         }
         match keys.data_type() {
@@ -591,25 +636,33 @@ impl StringKeyMap {
     /// NULL, `LONG_MARK` for a long key, which is a run of its own), its hash and the row
     /// after it, so that pass 2 can prefetch the slots of the runs ahead.
     fn pack_views(&mut self, keys: &StringViewArray) {
-        let mut runs = std::mem::take(&mut self.scratch);
-        runs.clear();
         let nulls = keys.logical_nulls();
-        for (i, &view) in keys.views().iter().enumerate() {
-            let key = if nulls.as_ref().is_some_and(|n| n.is_null(i)) {
+        self.find_runs(keys.views().iter().enumerate().map(|(i, &view)| {
+            if nulls.as_ref().is_some_and(|n| n.is_null(i)) {
                 NO_KEY
             } else {
-                let len = view as u32 as usize;
-                if len <= 12 {
-                    // The view holds the bytes itself, after the 4-byte length; mask off
-                    // anything past the key so that equal keys pack equally.
-                    let data = (view >> 32) & ((1u128 << (len * 8)) - 1);
-                    data | ((len as u128) << 120)
-                } else if len <= MAX_PACKED {
-                    pack_9_to_15(keys.value(i).as_bytes())
-                } else {
-                    LONG_MARK
-                }
-            };
+                pack_view(keys, i, view)
+            }
+        }));
+    }
+
+    /// [`Self::pack_views`] for keys packed already ([`packed_keys`]).
+    fn runs_of_packed(&mut self, keys: &Decimal128Array) {
+        let nulls = keys.logical_nulls();
+        self.find_runs(keys.values().iter().enumerate().map(|(i, &key)| {
+            if nulls.as_ref().is_some_and(|n| n.is_null(i)) {
+                NO_KEY
+            } else {
+                key as u128
+            }
+        }));
+    }
+
+    #[inline(always)]
+    fn find_runs(&mut self, keys: impl Iterator<Item = u128>) {
+        let mut runs = std::mem::take(&mut self.scratch);
+        runs.clear();
+        for (i, key) in keys.enumerate() {
             match runs.last_mut() {
                 Some(run) if run.key == key && key != LONG_MARK => run.end = i as u32 + 1,
                 _ => {
@@ -631,6 +684,17 @@ impl StringKeyMap {
 
     fn intern_views(&mut self, keys: &StringViewArray, groups: &mut Vec<usize>) -> Result<()> {
         self.pack_views(keys);
+        self.intern_runs(groups, |row| keys.value(row).as_bytes())
+    }
+
+    /// Pass 2: each run of [`Self::find_runs`] looked up (a long key's bytes are
+    /// `long_key(its row)`), its group given to its rows.
+    #[inline(always)]
+    fn intern_runs<'a>(
+        &mut self,
+        groups: &mut Vec<usize>,
+        long_key: impl Fn(usize) -> &'a [u8],
+    ) -> Result<()> {
         let runs = std::mem::take(&mut self.scratch);
         // The first runs' lines too, which the loop below would not prefetch.
         for run in runs.iter().take(PREFETCH_AHEAD) {
@@ -646,7 +710,7 @@ impl StringKeyMap {
             let group = if run.key == NO_KEY {
                 self.null()?
             } else if run.key == LONG_MARK {
-                self.intern_long(keys.value(start).as_bytes())?
+                self.intern_long(long_key(start))?
             } else {
                 self.intern_packed(run.key, run.hash)?
             };
@@ -820,6 +884,51 @@ mod tests {
             check(&keys, &utf8, &DataType::Utf8);
             check(&keys, &large, &DataType::LargeUtf8);
         }
+    }
+
+    #[test]
+    fn packed_keys_find_the_groups_of_their_strings() {
+        let mut rng = Random(5);
+        let short: Vec<Option<String>> = random_keys(&mut rng, 2000)
+            .into_iter()
+            .map(|k| k.filter(|k| k.len() <= MAX_PACKED))
+            .collect();
+        let views = StringViewArray::from_iter(short.iter().cloned());
+        let packed = packed_keys(&views).expect("no key is longer than 15 bytes");
+        assert_eq!(packed.logical_nulls(), views.logical_nulls());
+        // Halves as strings and as packed keys, in either order, into one map: each
+        // key's group is the one its string alone gets.
+        let (mut by_string, mut want) = (StringKeyMap::new(), Vec::new());
+        by_string.intern(&views, &mut want).unwrap();
+        for packed_first in [false, true] {
+            let mut map = StringKeyMap::new();
+            let mut got = Vec::new();
+            let (a, b) = (views.slice(0, 1000), packed.slice(1000, 1000));
+            if packed_first {
+                map.intern(b.as_ref(), &mut got).unwrap();
+                map.intern(&a, &mut got).unwrap();
+                got.rotate_left(1000);
+            } else {
+                map.intern(&a, &mut got).unwrap();
+                map.intern(b.as_ref(), &mut got).unwrap();
+            }
+            for (row, (&g, &w)) in got.iter().zip(&want).enumerate() {
+                for (other, (&g2, &w2)) in got.iter().zip(&want).enumerate().skip(row + 1).take(50)
+                {
+                    assert_eq!(g == g2, w == w2, "rows {row} and {other}");
+                }
+            }
+            assert_eq!(map.len(), by_string.len());
+            let keys = map.take_keys(&DataType::Utf8).unwrap();
+            let keys = keys.as_string::<i32>();
+            for (row, &g) in got.iter().enumerate() {
+                let key = keys.is_valid(g).then(|| keys.value(g).to_string());
+                assert_eq!(key, short[row], "row {row}");
+            }
+        }
+        // A key too long to pack: the column is left as it is.
+        let long = StringViewArray::from_iter_values(["short", "sixteen bytes!!!"]);
+        assert!(packed_keys(&long).is_none());
     }
 
     #[test]
