@@ -902,13 +902,12 @@ mod tests {
             .unwrap();
             ids
         };
-        let plan = ctx
-            .sql(sql)
-            .await
-            .unwrap()
-            .create_physical_plan()
-            .await
-            .unwrap();
+        let session = &ctx;
+        let physical_plan = |sql| async move {
+            let df = session.sql(sql).await.unwrap();
+            df.create_physical_plan().await.unwrap()
+        };
+        let plan = physical_plan(sql).await;
         // The final aggregation (the partial one is below it), over one partition.
         let final_id = plan_ids(&plan)[0];
         datafusion::physical_plan::collect(plan, ctx.task_ctx())
@@ -923,14 +922,7 @@ mod tests {
             .unwrap();
         assert_eq!(expected_groups(final_id, 0), groups);
         // The same query planned again is the same plan, and will expect as many.
-        let again = ctx
-            .sql(sql)
-            .await
-            .unwrap()
-            .create_physical_plan()
-            .await
-            .unwrap();
-        assert_eq!(plan_ids(&again)[0], final_id);
+        assert_eq!(plan_ids(&physical_plan(sql).await)[0], final_id);
     }
 
     #[tokio::test]
