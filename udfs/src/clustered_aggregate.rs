@@ -52,7 +52,7 @@ use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::execution_plan::replace_children_if_necessary;
 use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::metrics::{
-    Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet,
+    Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet, Time,
 };
 use datafusion::physical_plan::repartition::{BatchPartitioner, RepartitionExec};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
@@ -63,6 +63,7 @@ use datafusion::physical_plan::{
 use futures::channel::mpsc;
 use futures::{FutureExt, StreamExt, TryStreamExt};
 
+use crate::key_routing::{KeySplitter, Seeds};
 use crate::string_key_aggregate::{Aggregation, Inputs, StringKeyAggregateExec};
 
 /// The rule: replaces `Final(Repartition(Hash(key), Partial(input)))` and
@@ -312,30 +313,37 @@ impl ClusteredAggregateExec {
             barrier: tokio::sync::Barrier::new(inputs),
         });
         let mut tasks = Vec::with_capacity(inputs);
+        // Every input task splits by the same hash, so a person's rows and states meet.
+        let seeds = Seeds::random();
+        let split = |exprs: Vec<Arc<dyn PhysicalExpr>>, i: usize| -> Result<Split> {
+            let time = MetricBuilder::new(&self.metrics).subset_time("route_time", i);
+            Ok(match exprs.as_slice() {
+                // Nothing relies on DataFusion's partitioning by the key: our own.
+                [key] if self.values_in_place => Split::Own {
+                    key: Arc::clone(key),
+                    splitter: KeySplitter::new(self.partitions, seeds),
+                    time,
+                },
+                _ => Split::DataFusion(BatchPartitioner::new_hash_partitioner(
+                    exprs,
+                    self.partitions,
+                    time,
+                )?),
+            })
+        };
         for i in 0..inputs {
             let input = self.input().execute(i, Arc::clone(context))?;
             let aggregation = self.partial.aggregation(i, context)?;
-            // One-phase plans: evaluated input rows, by the hash of their key (column 0),
-            // which is the hash of the same key in the output.
+            // One-phase plans: evaluated input rows, split by their key (column 0) as
+            // states of the same key are.
             let row_routing = if self.one_phase {
                 let key: Arc<dyn PhysicalExpr> = Arc::new(Column::new("c0", 0));
-                Some((
-                    self.partial.row_inputs()?,
-                    BatchPartitioner::new_hash_partitioner(
-                        vec![key],
-                        self.partitions,
-                        MetricBuilder::new(&self.metrics).subset_time("route_time", i),
-                    )?,
-                ))
+                Some((self.partial.row_inputs()?, split(vec![key], i)?))
             } else {
                 None
             };
             let router = Router {
-                partitioner: BatchPartitioner::new_hash_partitioner(
-                    self.partition_exprs.clone(),
-                    self.partitions,
-                    MetricBuilder::new(&self.metrics).subset_time("route_time", i),
-                )?,
+                partitioner: split(self.partition_exprs.clone(), i)?,
                 row_routing,
                 rows: MetricBuilder::new(&self.metrics).counter("rows_sent_unaggregated", i),
                 gathering: None,
@@ -397,13 +405,47 @@ struct Meeting {
     barrier: tokio::sync::Barrier,
 }
 
-/// Sends batches to the output partition of each row's key hash, as a repartition by
-/// the key would.
+/// How batches are split among the output partitions by their key.
+enum Split {
+    /// By DataFusion's hash, as a repartition by the key would: what the declared
+    /// output partitioning promises.
+    DataFusion(BatchPartitioner),
+    /// By [`crate::key_routing`]'s, cheaper, when the output's partitioning is unknown
+    /// (values in place); `key` is evaluated on each batch.
+    Own {
+        key: Arc<dyn PhysicalExpr>,
+        splitter: KeySplitter,
+        time: Time,
+    },
+}
+
+impl Split {
+    fn split(
+        &mut self,
+        batch: RecordBatch,
+        send: impl FnMut(usize, RecordBatch) -> Result<()>,
+    ) -> Result<()> {
+        match self {
+            Split::DataFusion(partitioner) => partitioner.partition(batch, send),
+            Split::Own {
+                key,
+                splitter,
+                time,
+            } => {
+                let _timer = time.timer();
+                let keys = key.evaluate(&batch)?.into_array(batch.num_rows())?;
+                splitter.split(batch, &keys, send)
+            }
+        }
+    }
+}
+
+/// Sends batches to the output partition of each row's key.
 struct Router {
-    partitioner: BatchPartitioner,
-    /// For one-phase plans: what to evaluate of each input row, and the partitioner of
-    /// the evaluated rows.
-    row_routing: Option<(Inputs, BatchPartitioner)>,
+    partitioner: Split,
+    /// For one-phase plans: what to evaluate of each input row, and how to split the
+    /// evaluated rows.
+    row_routing: Option<(Inputs, Split)>,
     rows: Count,
     /// Input rows gathered to be handed on together (see [`Router::send_rows`]).
     gathering: Option<BatchCoalescer>,
@@ -444,7 +486,7 @@ impl Router {
         }
         while offset < batch.num_rows() {
             let len = (*batch_size).min(batch.num_rows() - offset);
-            partitioner.partition(batch.slice(offset, len), |p, part| {
+            partitioner.split(batch.slice(offset, len), |p, part| {
                 let message = if states {
                     Message::States(part)
                 } else {
@@ -494,10 +536,19 @@ impl Router {
         };
         let senders = &self.senders;
         while let Some(batch) = coalescer.next_completed_batch() {
-            partitioner.partition(inputs.evaluate_to_batch(&batch)?, |p, part| {
-                let _ = senders[p].unbounded_send(Ok(Message::Rows(with_packed_keys(part)?)));
-                Ok(())
-            })?;
+            let rows = inputs.evaluate_to_batch(&batch)?;
+            match &mut *partitioner {
+                // Hashed as strings, then packed (see [`with_packed_keys`]).
+                Split::DataFusion(by_hash) => by_hash.partition(rows, |p, part| {
+                    let _ = senders[p].unbounded_send(Ok(Message::Rows(with_packed_keys(part)?)));
+                    Ok(())
+                })?,
+                // Packed once, then split by the packed keys.
+                own => own.split(with_packed_keys(rows)?, |p, part| {
+                    let _ = senders[p].unbounded_send(Ok(Message::Rows(part)));
+                    Ok(())
+                })?,
+            }
         }
         Ok(())
     }

@@ -21,7 +21,7 @@ use datafusion::common::{exec_err, internal_err, Result};
 use std::sync::Arc;
 
 /// The longest key packed into a slot; the top byte of the `u128` holds the length.
-const MAX_PACKED: usize = 15;
+pub(crate) const MAX_PACKED: usize = 15;
 /// Top byte of a long key's slot key (a packed key's top byte is its length, <= 15).
 const LONG_MARK: u128 = 0xFF << 120;
 /// No key packs to this value (a long key's bits 64..120 are zero), so it marks an
@@ -83,6 +83,28 @@ fn fold_mul(a: u64, b: u64) -> u64 {
     (full as u64) ^ ((full >> 64) as u64)
 }
 
+/// The hash of a [`pack`]ed key under `seeds`.
+#[inline]
+pub(crate) fn hash_packed(key: u128, seeds: [u64; 2]) -> u64 {
+    fold_mul((key as u64) ^ seeds[0], ((key >> 64) as u64) ^ seeds[1])
+}
+
+/// The hash of a key too long to pack under `seeds`.
+pub(crate) fn hash_long(bytes: &[u8], seeds: [u64; 2]) -> u64 {
+    let mut h = seeds[0] ^ bytes.len() as u64;
+    let mut chunks = bytes.chunks_exact(8);
+    for c in &mut chunks {
+        h = fold_mul(h ^ u64::from_le_bytes(c.try_into().unwrap()), seeds[1]);
+    }
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        let mut buf = [0u8; 8];
+        buf[..rest.len()].copy_from_slice(rest);
+        h = fold_mul(h ^ u64::from_le_bytes(buf), seeds[1]);
+    }
+    fold_mul(h, seeds[0])
+}
+
 /// Row `i`'s key of `keys` (whose view is `view`) packed, or [`LONG_MARK`].
 #[inline(always)]
 fn pack_view(keys: &StringViewArray, i: usize, view: u128) -> u128 {
@@ -123,7 +145,7 @@ pub(crate) fn packed_keys(keys: &dyn Array) -> Option<ArrayRef> {
 
 /// A key of at most 15 bytes as one integer: the bytes, then the length in the top byte.
 #[inline]
-fn pack(bytes: &[u8]) -> u128 {
+pub(crate) fn pack(bytes: &[u8]) -> u128 {
     let mut buf = [0u8; 16];
     buf[..bytes.len()].copy_from_slice(bytes);
     buf[15] = bytes.len() as u8;
@@ -133,7 +155,7 @@ fn pack(bytes: &[u8]) -> u128 {
 /// [`pack`] for 9 to 15 bytes with two overlapping 8-byte loads (no byte copies, which
 /// stall the load that reads them back).
 #[inline]
-fn pack_9_to_15(bytes: &[u8]) -> u128 {
+pub(crate) fn pack_9_to_15(bytes: &[u8]) -> u128 {
     let len = bytes.len();
     debug_assert!((9..=MAX_PACKED).contains(&len));
     let lo = u64::from_le_bytes(bytes[..8].try_into().unwrap());
@@ -341,25 +363,11 @@ impl StringKeyMap {
 
     #[inline]
     fn hash_packed(&self, key: u128) -> u64 {
-        fold_mul(
-            (key as u64) ^ self.seeds[0],
-            ((key >> 64) as u64) ^ self.seeds[1],
-        )
+        hash_packed(key, self.seeds)
     }
 
     fn hash_long(&self, bytes: &[u8]) -> u64 {
-        let mut h = self.seeds[0] ^ bytes.len() as u64;
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            h = fold_mul(h ^ u64::from_le_bytes(c.try_into().unwrap()), self.seeds[1]);
-        }
-        let rest = chunks.remainder();
-        if !rest.is_empty() {
-            let mut buf = [0u8; 8];
-            buf[..rest.len()].copy_from_slice(rest);
-            h = fold_mul(h ^ u64::from_le_bytes(buf), self.seeds[1]);
-        }
-        fold_mul(h, self.seeds[0])
+        hash_long(bytes, self.seeds)
     }
 
     /// The hash a slot's key was placed by (a long key carries its own).

@@ -13,6 +13,7 @@ pub mod funnel;
 mod grouped;
 mod intern;
 mod key_map;
+mod key_routing;
 pub mod lifecycle;
 pub mod local_period;
 pub mod markov_attribution;
