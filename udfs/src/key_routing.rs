@@ -143,7 +143,7 @@ impl KeySplitter {
             for i in 0..rows {
                 let p = match &nulls {
                     Some(nulls) if nulls.is_null(i) => 0,
-                    _ => ((hash(i) >> 32) * n >> 32) as usize,
+                    _ => (((hash(i) >> 32) * n) >> 32) as usize,
                 };
                 self.indices[p].push(i as u32);
             }
