@@ -83,6 +83,18 @@ fn fold_mul(a: u64, b: u64) -> u64 {
     (full as u64) ^ ((full >> 64) as u64)
 }
 
+/// Two odd random words to seed [`hash_packed`] and [`hash_long`] with.
+pub(crate) fn random_seeds() -> [u64; 2] {
+    use std::hash::{BuildHasher, Hasher};
+    let state = std::collections::hash_map::RandomState::new();
+    let word = |n: u64| {
+        let mut h = state.build_hasher();
+        h.write_u64(n);
+        h.finish() | 1
+    };
+    [word(1), word(2)]
+}
+
 /// The hash of a [`pack`]ed key under `seeds`.
 #[inline]
 pub(crate) fn hash_packed(key: u128, seeds: [u64; 2]) -> u64 {
@@ -282,20 +294,15 @@ impl Drop for StringKeyMap {
 
 impl StringKeyMap {
     pub fn new() -> Self {
-        // Per-map seeds, so that keys chosen to collide in one process do not in another.
-        use std::hash::{BuildHasher, Hasher};
-        let state = std::collections::hash_map::RandomState::new();
-        let mut a = state.build_hasher();
-        a.write_u64(1);
-        let mut b = state.build_hasher();
-        b.write_u64(2);
         Self {
             slots: vec![EMPTY; 1024],
             used: 0,
             bytes: Vec::new(),
             ends: Vec::new(),
             null_group: None,
-            seeds: [a.finish() | 1, b.finish() | 1],
+            // Per-map seeds, so that keys chosen to collide in one process do not in
+            // another.
+            seeds: random_seeds(),
             scratch: Vec::new(),
             expected: 0,
         }

@@ -19,7 +19,7 @@ use datafusion::arrow::compute::take_record_batch;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::{internal_err, Result};
 
-use crate::key_map::{hash_long, hash_packed, pack, pack_9_to_15, MAX_PACKED};
+use crate::key_map::{hash_long, hash_packed, pack, pack_9_to_15, random_seeds, MAX_PACKED};
 
 /// Per-execution seeds: keys chosen to pile into one partition in one query do not in
 /// the next (a bad split only costs balance, never answers).
@@ -28,13 +28,7 @@ pub struct Seeds([u64; 2]);
 
 impl Seeds {
     pub fn random() -> Self {
-        use std::hash::{BuildHasher, Hasher};
-        let state = std::collections::hash_map::RandomState::new();
-        let mut a = state.build_hasher();
-        a.write_u64(3);
-        let mut b = state.build_hasher();
-        b.write_u64(4);
-        Seeds([a.finish() | 1, b.finish() | 1])
+        Seeds(random_seeds())
     }
 }
 
