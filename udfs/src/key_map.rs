@@ -136,8 +136,8 @@ fn pack_view(keys: &StringViewArray, i: usize, view: u128) -> u128 {
 /// `keys` (string views) packed as [`pack`] does, one 16-byte integer per row (NULLs
 /// kept), when every key has at most [`MAX_PACKED`] bytes; else None. A clustered
 /// aggregation hands rows to another partition's map with their keys so (see
-/// [`crate::clustered_aggregate`]): packing them where they were just read and hashed
-/// spares the map a load per row from the string buffers another core wrote (the
+/// [`crate::clustered_aggregate`]): packed by the sender, which has just read them,
+/// they spare the map a load per row from the string buffers another core wrote (the
 /// largest stall of its lookups on time-ordered data, after the table's own).
 pub(crate) fn packed_keys(keys: &dyn Array) -> Option<ArrayRef> {
     let keys = keys.as_any().downcast_ref::<StringViewArray>()?;
@@ -402,29 +402,32 @@ impl StringKeyMap {
         &self.bytes[start..self.ends[group]]
     }
 
-    fn new_group(&mut self, bytes: &[u8]) -> Result<u32> {
+    /// The number the next new group gets.
+    fn next_group(&self) -> Result<u32> {
         let group = self.ends.len();
         if group >= u32::MAX as usize {
             return exec_err!("more than {} groups in one aggregation", u32::MAX);
         }
+        Ok(group as u32)
+    }
+
+    fn new_group(&mut self, bytes: &[u8]) -> Result<u32> {
+        let group = self.next_group()?;
         self.bytes.extend_from_slice(bytes);
         self.ends.push(self.bytes.len());
-        Ok(group as u32)
+        Ok(group)
     }
 
     /// [`Self::new_group`] for a [`pack`]ed key: all 16 bytes are stored at once and cut
     /// to its length (a call to copy 9 to 15 bytes cost more than the copy, 1% of an
     /// attribution over 10M time-ordered events).
     fn new_packed_group(&mut self, key: u128) -> Result<u32> {
-        let group = self.ends.len();
-        if group >= u32::MAX as usize {
-            return exec_err!("more than {} groups in one aggregation", u32::MAX);
-        }
+        let group = self.next_group()?;
         let end = self.bytes.len() + (key >> 120) as usize;
         self.bytes.extend_from_slice(&key.to_le_bytes());
         self.bytes.truncate(end);
         self.ends.push(end);
-        Ok(group as u32)
+        Ok(group)
     }
 
     fn null(&mut self) -> Result<usize> {

@@ -12,8 +12,7 @@
 //! states meet in one partition.
 
 use datafusion::arrow::array::{
-    Array, Decimal128Array, GenericStringArray, OffsetSizeTrait, RecordBatch, StringViewArray,
-    UInt32Array,
+    Array, ArrayAccessor, AsArray, Decimal128Array, RecordBatch, StringViewArray, UInt32Array,
 };
 use datafusion::arrow::compute::take_record_batch;
 use datafusion::arrow::datatypes::DataType;
@@ -63,12 +62,10 @@ impl KeySplitter {
     fn assign(&mut self, keys: &dyn Array) -> Result<()> {
         match keys.data_type() {
             DataType::Utf8View => {
-                let keys = keys.as_any().downcast_ref::<StringViewArray>().unwrap();
-                let seeds = self.seeds;
-                self.assign_rows(keys.len(), keys.logical_nulls(), |i| {
-                    hash_bytes(keys.value(i).as_bytes(), seeds)
-                });
+                self.assign_strings(keys.as_any().downcast_ref::<StringViewArray>().unwrap())
             }
+            DataType::Utf8 => self.assign_strings(keys.as_string::<i32>()),
+            DataType::LargeUtf8 => self.assign_strings(keys.as_string::<i64>()),
             DataType::Decimal128(..) => {
                 // Keys packed already: what [`hash_bytes`] would make of their bytes.
                 let keys = keys.as_any().downcast_ref::<Decimal128Array>().unwrap();
@@ -77,18 +74,13 @@ impl KeySplitter {
                     hash_packed(values[i] as u128, seeds.0)
                 });
             }
-            DataType::Utf8 => self.assign_offsets::<i32>(keys),
-            DataType::LargeUtf8 => self.assign_offsets::<i64>(keys),
             other => return internal_err!("a clustered aggregation split by a {other} key"),
         }
         Ok(())
     }
 
-    fn assign_offsets<O: OffsetSizeTrait>(&mut self, keys: &dyn Array) {
-        let keys = keys
-            .as_any()
-            .downcast_ref::<GenericStringArray<O>>()
-            .unwrap();
+    /// [`Self::assign_rows`] by the hash of each string's bytes.
+    fn assign_strings<'a>(&mut self, keys: impl ArrayAccessor<Item = &'a str>) {
         let seeds = self.seeds;
         self.assign_rows(keys.len(), keys.logical_nulls(), |i| {
             hash_bytes(keys.value(i).as_bytes(), seeds)
