@@ -639,6 +639,10 @@ async fn aggregate_partition(
     };
     meeting.ranges.lock().unwrap()[i] = mine.clone();
     meeting.barrier.wait().await;
+    // The last partition to arrive woke the others into its worker's slot for the next
+    // task, which no other worker may take: they would run only after it has sent all
+    // its people, one core idle meanwhile.
+    run_woken_tasks_elsewhere().await;
     let ranges = meeting.ranges.lock().unwrap().clone();
     let result = read.and_then(|_| {
         let shared = match mine {
@@ -657,6 +661,22 @@ async fn aggregate_partition(
     if let Err(e) = result {
         router.fail(e);
     }
+}
+
+/// Let the other workers take the tasks this one has just woken. Tokio runs a task
+/// woken from a worker next on that same worker, and no other may steal it meanwhile;
+/// a task that wakes itself while it runs goes to the back of the worker's queue
+/// instead, from where the idle workers (told of it) take it or the task it woke.
+async fn run_woken_tasks_elsewhere() {
+    let mut woke = false;
+    std::future::poll_fn(|cx| {
+        if std::mem::replace(&mut woke, true) {
+            return std::task::Poll::Ready(());
+        }
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    })
+    .await
 }
 
 /// The groups (sorted by key) of partition `i` that another partition may also hold:
@@ -832,6 +852,53 @@ mod tests {
     use datafusion::datasource::MemTable;
     use datafusion::physical_plan::{collect, displayable};
     use datafusion::prelude::{SessionConfig, SessionContext};
+
+    /// A task woken just before the hand-over runs while the task that woke it goes on
+    /// without yielding (left in the waker's slot for the next task, it would not run
+    /// until the waker finished).
+    #[test]
+    fn a_task_woken_before_the_hand_over_runs_beside_its_waker() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::time::{Duration, Instant};
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .unwrap();
+        let ran = runtime.block_on(async {
+            let ran = Arc::new(AtomicBool::new(false));
+            let wake = Arc::new(tokio::sync::Notify::new());
+            let (waiting_tx, waiting_rx) = tokio::sync::oneshot::channel();
+            let waiter = {
+                let (ran, wake) = (Arc::clone(&ran), Arc::clone(&wake));
+                tokio::spawn(async move {
+                    let woken = wake.notified();
+                    tokio::pin!(woken);
+                    woken.as_mut().enable();
+                    waiting_tx.send(()).unwrap();
+                    woken.await;
+                    ran.store(true, Ordering::SeqCst);
+                })
+            };
+            waiting_rx.await.unwrap();
+            let waker = tokio::spawn(async move {
+                wake.notify_one();
+                run_woken_tasks_elsewhere().await;
+                // Busy, as a partition computing its people is: no await from here on.
+                let start = Instant::now();
+                while !ran.load(Ordering::SeqCst) {
+                    if start.elapsed() > Duration::from_secs(10) {
+                        return false;
+                    }
+                    std::hint::spin_loop();
+                }
+                true
+            });
+            let ran = waker.await.unwrap();
+            waiter.await.unwrap();
+            ran
+        });
+        assert!(ran, "the woken task did not run while its waker was busy");
+    }
 
     /// How the test table's rows lie in its three partitions.
     #[derive(Clone, Copy, Debug, PartialEq)]
