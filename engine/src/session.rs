@@ -66,6 +66,7 @@ pub async fn new_session(options: &SessionOptions) -> Result<SessionContext> {
             tidepool_udfs::string_key_aggregate::StringKeyAggregates,
         ))
         .with_physical_optimizer_rule(Arc::new(tidepool_udfs::fast_exprs::FasterFilters))
+        .with_physical_optimizer_rule(Arc::new(tidepool_udfs::list_unnest::ListUnnests))
         .build();
     register_functions(&mut state)?;
     let ctx = SessionContext::new_with_state(state);

@@ -15,6 +15,7 @@ mod intern;
 mod key_map;
 mod key_routing;
 pub mod lifecycle;
+pub mod list_unnest;
 pub mod local_period;
 pub mod markov_attribution;
 mod packed_booleans;

@@ -21,6 +21,10 @@ extensions_options! {
         /// holds people sorted by key, merging only people split between partitions
         /// (`crate::clustered_aggregate`). Needs `string_key_aggregation`.
         pub clustered_aggregation: bool, default = true
+        /// Unnest one list column by handing on a slice of its values where the lists
+        /// lie in place, instead of DataFusion's copy of every item
+        /// (`crate::list_unnest`).
+        pub list_unnest: bool, default = true
     }
 }
 
