@@ -176,13 +176,15 @@ pub struct RowWriter<'a> {
     pub starts: Vec<i64>,
     pub dates: Vec<i32>,
     pub periods: Vec<i32>,
-    pub values: Float64Builder,
+    /// Each row's sum of values; None without a value column, whose rows are all NULL
+    /// (see [`RowWriter::values`]).
+    sums_written: Option<Float64Builder>,
     /// Rows written per person.
     pub lengths: Vec<usize>,
     /// Scratch, per person: the indexes of the events that start a cohort; per cohort:
-    /// whether each period offset saw a return, and the sum of its values.
+    /// a bit per period offset that saw a return, and the sum of each one's values.
     cohorts: Vec<usize>,
-    seen: Vec<bool>,
+    seen: Vec<u64>,
     sums: Vec<Option<f64>>,
     /// Recently used calendar periods: (period, start, first local day), by period
     /// modulo the length.
@@ -190,18 +192,28 @@ pub struct RowWriter<'a> {
 }
 
 impl<'a> RowWriter<'a> {
-    pub fn new(o: &'a CohortOptions) -> Self {
+    /// A writer of rows with the sums of values (`values`) or NULL in their place.
+    pub fn new(o: &'a CohortOptions, values: bool) -> Self {
         RowWriter {
             o,
             starts: vec![],
             dates: vec![],
             periods: vec![],
-            values: Float64Builder::new(),
+            sums_written: values.then(Float64Builder::new),
             lengths: vec![],
             cohorts: vec![],
             seen: vec![],
             sums: vec![],
             period_starts: vec![(NO_PERIOD, 0, 0); 64],
+        }
+    }
+
+    /// The value column of the rows written so far (all NULL without values), and an
+    /// empty one.
+    pub fn values(&mut self) -> Float64Array {
+        match &mut self.sums_written {
+            Some(sums) => sums.finish(),
+            None => Float64Array::new_null(self.periods.len()),
         }
     }
 
@@ -254,10 +266,15 @@ impl<'a> RowWriter<'a> {
             } else {
                 self.period_start(c.period)
             };
+            // Period 0 is always retained.
             self.seen.clear();
-            self.seen.resize(n, false);
-            self.sums.clear();
-            self.sums.resize(n, None);
+            self.seen.resize(n.div_ceil(64), 0);
+            self.seen[0] = 1;
+            let values = self.sums_written.is_some();
+            if values {
+                self.sums.clear();
+                self.sums.resize(n, None);
+            }
             let mut furthest = 0i64;
             // Returns count from the cohort event's time on (events are sorted by
             // time); activity before it is not a return.
@@ -275,24 +292,32 @@ impl<'a> RowWriter<'a> {
                 // (A period before the cohort's can only come from a zone whose clocks
                 // once went back past midnight; it is not a return.)
                 if (0..n as i64).contains(&k) {
-                    self.seen[k as usize] = true;
-                    if !e.value.is_nan() {
-                        *self.sums[k as usize].get_or_insert(0.0) += e.value;
+                    let k = k as usize;
+                    self.seen[k / 64] |= 1 << (k % 64);
+                    if values && !e.value.is_nan() {
+                        *self.sums[k].get_or_insert(0.0) += e.value;
                     }
                 }
             }
-            for k in 0..n {
-                let retained = k == 0
-                    || if o.on_or_after {
-                        furthest >= k as i64
-                    } else {
-                        self.seen[k]
-                    };
-                if retained {
+            if o.on_or_after {
+                // Every period up to the furthest return.
+                for k in 0..=(furthest.max(0) as usize).min(n - 1) {
+                    self.seen[k / 64] |= 1 << (k % 64);
+                }
+            }
+            // One row per retained period, found bit by bit rather than by a test per
+            // period (which the branch predictor cannot learn: it is the data).
+            for word in 0..self.seen.len() {
+                let mut bits = self.seen[word];
+                while bits != 0 {
+                    let k = word * 64 + bits.trailing_zeros() as usize;
+                    bits &= bits - 1;
                     self.starts.push(start);
                     self.dates.push(date);
                     self.periods.push(k as i32);
-                    self.values.append_option(self.sums[k]);
+                    if let Some(sums) = &mut self.sums_written {
+                        sums.append_option(self.sums[k]);
+                    }
                 }
             }
         }
@@ -534,7 +559,7 @@ impl CohortSpec {
     }
 
     fn matrix_rows(&self, entries: &[Entry<CohortEvent>], n: usize) -> ArrayRef {
-        let mut writer = RowWriter::new(&self.options);
+        let mut writer = RowWriter::new(&self.options, self.values);
         let mut scratch = vec![];
         for run in runs(entries, n) {
             scratch.clear();
@@ -542,6 +567,7 @@ impl CohortSpec {
             writer.person(&scratch);
         }
         let tz = Some(self.options.tz_name.as_str());
+        let values = writer.values();
         let columns: Vec<ArrayRef> = vec![
             Arc::new(
                 TimestampMicrosecondArray::new(writer.starts.into(), None)
@@ -549,7 +575,7 @@ impl CohortSpec {
             ),
             Arc::new(Date32Array::new(writer.dates.into(), None)),
             Arc::new(Int32Array::new(writer.periods.into(), None)),
-            Arc::new(writer.values.finish()),
+            Arc::new(values),
         ];
         let structs = StructArray::new(row_fields(tz), columns, None);
         // Declared as UTC in the plan; the zone only changes how times print, so cast.
@@ -858,9 +884,10 @@ mod tests {
             "unit=week; periods=2; window=rolling; retained=on_or_after; tz=Europe/Berlin",
             "unit=month; periods=2; cohort=recurring; tz=America/New_York",
         ];
-        for options in options {
+        // Without a value column every event's value is NaN, and every row's NULL.
+        for (options, with_values) in options.iter().flat_map(|o| [(o, true), (o, false)]) {
             let o = CohortOptions::parse(options).unwrap();
-            let mut writer = RowWriter::new(&o);
+            let mut writer = RowWriter::new(&o, with_values);
             let mut want = vec![];
             for _ in 0..300 {
                 // Up to 200 days from 2026-01-01 (across both DST changes, and more
@@ -872,7 +899,7 @@ mod tests {
                             + r.below(400) as i64 * US_PER_DAY / 2
                             + r.below(3) as i64 * 1_000_000;
                         let flags = 1 + r.below(3) as u8;
-                        let value = if r.below(3) == 0 {
+                        let value = if r.below(3) == 0 || !with_values {
                             f64::NAN
                         } else {
                             r.below(9) as f64
@@ -884,7 +911,8 @@ mod tests {
                 writer.person(&events);
                 want.push(cohort_rows(&events, &o));
             }
-            let values = writer.values.finish();
+            let values = writer.values();
+            assert_eq!(values.len(), writer.periods.len());
             let mut at = 0;
             for (person, rows) in want.iter().enumerate() {
                 assert_eq!(
