@@ -410,12 +410,13 @@ pub trait FlatEvents: std::fmt::Debug + Send + Sync + Sized + 'static {
     /// A spec with the same options and no per-input state (for convert_to_state).
     fn fresh(&self) -> Self;
 
-    /// Call `push(row, event)` for the events of the input rows the filter keeps.
+    /// Call `push(row, event)` for the events of the input rows the filter keeps
+    /// (generic, not `dyn`, so that the push is inlined into the loop over the rows).
     fn add_rows(
         &mut self,
         values: &[ArrayRef],
         filter: Option<&datafusion::arrow::array::BooleanArray>,
-        push: &mut dyn FnMut(usize, Self::Event),
+        push: &mut impl FnMut(usize, Self::Event),
     ) -> Result<()>;
 
     /// The results of groups 0..n of sorted `entries`.

@@ -234,7 +234,7 @@ impl FlatEvents for AttributionSpec {
         &mut self,
         values: &[ArrayRef],
         filter: Option<&BooleanArray>,
-        push: &mut dyn FnMut(usize, AttributionEvent),
+        push: &mut impl FnMut(usize, AttributionEvent),
     ) -> Result<()> {
         let ts = datafusion::arrow::compute::cast(&values[ARG_TS], &DataType::Int64)?;
         let ts = ts.as_primitive::<Int64Type>();

@@ -504,7 +504,7 @@ impl CohortSpec {
         &mut self,
         values: &[ArrayRef],
         filter: Option<&BooleanArray>,
-        push: &mut dyn FnMut(usize, CohortEvent),
+        push: &mut impl FnMut(usize, CohortEvent),
     ) -> Result<()> {
         let ts = datafusion::arrow::compute::cast(
             &values[1],
@@ -628,7 +628,7 @@ impl FlatEvents for CohortSpec {
         &mut self,
         values: &[ArrayRef],
         filter: Option<&BooleanArray>,
-        push: &mut dyn FnMut(usize, CohortEvent),
+        push: &mut impl FnMut(usize, CohortEvent),
     ) -> Result<()> {
         self.rows(values, filter, push)
     }

@@ -219,7 +219,7 @@ impl FlatEvents for FunnelSpec {
         &mut self,
         values: &[ArrayRef],
         filter: Option<&BooleanArray>,
-        push: &mut dyn FnMut(usize, FunnelEvent),
+        push: &mut impl FnMut(usize, FunnelEvent),
     ) -> Result<()> {
         self.add_matching_rows(values, filter, push)
     }

@@ -341,7 +341,7 @@ impl FlatEvents for LifecycleSpec {
         &mut self,
         values: &[ArrayRef],
         filter: Option<&BooleanArray>,
-        push: &mut dyn FnMut(usize, i64),
+        push: &mut impl FnMut(usize, i64),
     ) -> Result<()> {
         self.rows(values, filter, push)
     }

@@ -95,7 +95,7 @@ impl FlatEvents for PathSpec {
         &mut self,
         values: &[ArrayRef],
         filter: Option<&BooleanArray>,
-        push: &mut dyn FnMut(usize, Row),
+        push: &mut impl FnMut(usize, Row),
     ) -> Result<()> {
         let ts = datafusion::arrow::compute::cast(&values[1], &DataType::Int64)?;
         let ts = ts.as_primitive::<Int64Type>();

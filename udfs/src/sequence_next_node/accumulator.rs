@@ -94,7 +94,7 @@ impl FlatEvents for NextNodeSpec {
         &mut self,
         values: &[ArrayRef],
         filter: Option<&BooleanArray>,
-        push: &mut dyn FnMut(usize, Row),
+        push: &mut impl FnMut(usize, Row),
     ) -> Result<()> {
         let ts = datafusion::arrow::compute::cast(&values[2], &DataType::Int64)?;
         let ts = ts.as_primitive::<Int64Type>();

@@ -113,7 +113,7 @@ impl FlatEvents for FunnelSpec {
         &mut self,
         values: &[ArrayRef],
         filter: Option<&BooleanArray>,
-        push: &mut dyn FnMut(usize, Event),
+        push: &mut impl FnMut(usize, Event),
     ) -> Result<()> {
         self.next_row = self.events_of(values, filter, self.next_row, |row, e| push(row, e))?;
         Ok(())
