@@ -21,6 +21,7 @@ pub mod markov_attribution;
 mod packed_booleans;
 pub mod path_edges;
 pub mod periods;
+mod plan_rewrite;
 pub mod prefilter;
 pub mod retention;
 pub mod sequence_match;

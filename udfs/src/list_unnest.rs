@@ -17,6 +17,7 @@
 use std::fmt;
 use std::sync::Arc;
 
+use crate::plan_rewrite::replace_each;
 use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, GenericListArray, OffsetSizeTrait, RecordBatch, RecordBatchOptions,
     UInt32Array, UInt64Array,
@@ -24,7 +25,7 @@ use datafusion::arrow::array::{
 use datafusion::arrow::compute::take;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::common::config::ConfigOptions;
-use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{internal_err, Result, UnnestOptions};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
@@ -50,17 +51,9 @@ impl PhysicalOptimizerRule for ListUnnests {
         if !crate::settings::TidepoolOptions::of(config).list_unnest {
             return Ok(plan);
         }
-        Ok(plan
-            .transform_up(|plan| {
-                let Some(unnest) = plan.downcast_ref::<UnnestExec>() else {
-                    return Ok(Transformed::no(plan));
-                };
-                match ListUnnestExec::try_new(unnest) {
-                    Some(exec) => Ok(Transformed::yes(Arc::new(exec))),
-                    None => Ok(Transformed::no(plan)),
-                }
-            })?
-            .data)
+        replace_each(plan, |unnest: &UnnestExec| {
+            Ok(ListUnnestExec::try_new(unnest).map(|exec| Arc::new(exec) as _))
+        })
     }
 
     fn name(&self) -> &str {

@@ -22,10 +22,11 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
+use crate::plan_rewrite::replace_each;
 use datafusion::arrow::array::{ArrayRef, AsArray, BooleanArray, RecordBatch, RecordBatchOptions};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::config::ConfigOptions;
-use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{internal_datafusion_err, internal_err, Result};
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
@@ -58,17 +59,9 @@ impl PhysicalOptimizerRule for StringKeyAggregates {
         if !on {
             return Ok(plan);
         }
-        Ok(plan
-            .transform_up(|plan| {
-                let Some(agg) = plan.downcast_ref::<AggregateExec>() else {
-                    return Ok(Transformed::no(plan));
-                };
-                match StringKeyAggregateExec::try_new(agg)? {
-                    Some(exec) => Ok(Transformed::yes(Arc::new(exec))),
-                    None => Ok(Transformed::no(plan)),
-                }
-            })?
-            .data)
+        replace_each(plan, |agg: &AggregateExec| {
+            Ok(StringKeyAggregateExec::try_new(agg)?.map(|exec| Arc::new(exec) as _))
+        })
     }
 
     fn name(&self) -> &str {
@@ -754,6 +747,7 @@ mod tests {
     use datafusion::arrow::array::{Int64Array, LargeStringArray, StringArray, StringViewArray};
     use datafusion::arrow::datatypes::{Field, Schema};
     use datafusion::arrow::util::pretty::pretty_format_batches;
+    use datafusion::common::tree_node::TreeNode;
     use datafusion::datasource::MemTable;
     use datafusion::execution::session_state::SessionStateBuilder;
     use datafusion::physical_plan::displayable;
