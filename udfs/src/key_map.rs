@@ -725,6 +725,9 @@ impl StringKeyMap {
     /// [`Self::pack_views`] for keys packed already ([`packed_keys`]).
     fn runs_of_packed(&mut self, keys: &Decimal128Array) {
         let nulls = keys.logical_nulls();
+        if nulls.is_none() {
+            return self.find_runs(keys.values().iter().map(|&key| key as u128));
+        }
         self.find_runs(keys.values().iter().enumerate().map(|(i, &key)| {
             if nulls.as_ref().is_some_and(|n| n.is_null(i)) {
                 NO_KEY
@@ -776,6 +779,11 @@ impl StringKeyMap {
         for run in runs.iter().take(PREFETCH_AHEAD) {
             prefetch(&self.slots[self.home(run.hash)]);
         }
+        // Every row's slot written in place (a run is mostly one row on time-ordered data,
+        // where an `extend` per run cost more than the store).
+        let first = groups.len();
+        groups.resize(first + runs.last().map_or(0, |run| run.end as usize), 0);
+        let out = &mut groups[first..];
         let mut start = 0;
         for (r, run) in runs.iter().enumerate() {
             // Runs, not rows, ahead: on data sorted by person a run is one person's rows,
@@ -783,15 +791,19 @@ impl StringKeyMap {
             if let Some(ahead) = runs.get(r + PREFETCH_AHEAD) {
                 prefetch(&self.slots[self.home(ahead.hash)]);
             }
-            let group = if run.key == NO_KEY {
-                self.null()?
-            } else if run.key == LONG_MARK {
-                self.intern_long(long_key(start))?
-            } else {
+            // (A packed key's top byte is its length; NULL's and a long key's are 0xFF.)
+            let group = if run.key >> 120 <= MAX_PACKED as u128 {
                 self.intern_packed(run.key, run.hash)?
+            } else if run.key == NO_KEY {
+                self.null()?
+            } else {
+                self.intern_long(long_key(start))?
             };
             let end = run.end as usize;
-            groups.extend(std::iter::repeat_n(group, end - start));
+            out[start] = group;
+            if end - start > 1 {
+                out[start + 1..end].fill(group);
+            }
             start = end;
         }
         self.scratch = runs;
@@ -985,6 +997,20 @@ mod tests {
             .into_iter()
             .map(|k| k.filter(|k| k.len() <= MAX_PACKED))
             .collect();
+        // With NULLs, and without (each runs its own way through the map).
+        let no_nulls: Vec<Option<String>> = short
+            .iter()
+            .map(|k| Some(k.clone().unwrap_or_else(|| "was null".into())))
+            .collect();
+        for short in [short, no_nulls] {
+            packed_and_string_keys_share_groups(short);
+        }
+        // A key too long to pack: the column is left as it is.
+        let long = StringViewArray::from_iter_values(["short", "sixteen bytes!!!"]);
+        assert!(packed_keys(&long).is_none());
+    }
+
+    fn packed_and_string_keys_share_groups(short: Vec<Option<String>>) {
         let views = StringViewArray::from_iter(short.iter().cloned());
         let packed = packed_keys(&views).expect("no key is longer than 15 bytes");
         assert_eq!(packed.logical_nulls(), views.logical_nulls());
@@ -1018,9 +1044,6 @@ mod tests {
                 assert_eq!(key, short[row], "row {row}");
             }
         }
-        // A key too long to pack: the column is left as it is.
-        let long = StringViewArray::from_iter_values(["short", "sixteen bytes!!!"]);
-        assert!(packed_keys(&long).is_none());
     }
 
     #[test]
